@@ -1,0 +1,1 @@
+"""Data: strict text reading, tokenizers, vocabularies, batches, corpora."""
