@@ -1,0 +1,125 @@
+"""Optimizers: clipping, the update rule, learning-rate schedules, a finite-update guard.
+
+Every model trains with the same optax chain::
+
+    apply_if_finite( chain( clip_by_global_norm(clip), optimizer(schedule) ) )
+
+Gradient clipping by global norm (the seed's rule): with ``g`` all gradients
+concatenated,
+
+    g <- min(1, clip / ||g||_2) g        so that ||g||_2 <= clip afterwards.
+
+``clip = 0`` turns clipping off. ``apply_if_finite`` skips (and counts) an
+update whose gradients hold a NaN or an infinity, leaving parameters and
+optimizer moments as they were; the trainer stops the run after
+``max_nonfinite`` such steps in a row.
+
+Schedules (``step`` counts updates from 0, ``W`` = warmup, ``S`` = total steps):
+
+``constant``  lr, after a linear warmup from 0 over ``W`` steps
+``cosine``    linear warmup to lr, then cosine decay to ``min_lr`` at step ``S``
+              (nanoGPT's schedule)
+``rsqrt``     linear warmup to lr, then ``lr sqrt(W / step)`` (the inverse
+              square-root schedule of "Attention is all you need")
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from jaxseq.config import option
+from jaxseq.errors import ConfigError
+
+OPTIMIZERS = ("sgd", "adam", "adamw")
+SCHEDULES = ("constant", "cosine", "rsqrt")
+DEFAULT_LR = {"sgd": 1.0, "adam": 2e-3, "adamw": 2e-3}
+NEVER = 2**31 - 1
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    """How parameters are updated."""
+
+    optimizer: str = option("adam", "the update rule", choices=OPTIMIZERS)
+    lr: float | None = option(None, "peak learning rate (default: 1.0 for sgd, 2e-3 for adam/adamw)")
+    schedule: str = option("constant", "learning-rate schedule", choices=SCHEDULES)
+    warmup: int = option(0, "linear warmup steps")
+    min_lr: float = option(0.0, "final learning rate of the cosine schedule")
+    momentum: float = option(0.0, "SGD momentum")
+    beta1: float = option(0.9, "Adam beta1")
+    beta2: float = option(0.999, "Adam beta2")
+    weight_decay: float | None = option(None, "decoupled weight decay of adamw on matrices "
+                                        "(default 0.01); not used by sgd/adam")
+    clip: float = option(1.0, "clip gradients to this global L2 norm (0 = no clipping)")
+    max_nonfinite: int = option(5, "stop after this many non-finite steps in a row (each is skipped)")
+
+    @property
+    def peak_lr(self) -> float:
+        return DEFAULT_LR[self.optimizer] if self.lr is None else self.lr
+
+    def validate(self) -> None:
+        if self.optimizer not in OPTIMIZERS:
+            raise ConfigError(f"--optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
+        if self.schedule not in SCHEDULES:
+            raise ConfigError(f"--schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
+        if not self.peak_lr > 0:
+            raise ConfigError(f"--lr must be positive, got {self.lr}")
+        if self.clip < 0:
+            raise ConfigError(f"--clip must be >= 0 (0 turns clipping off), got {self.clip}")
+        if self.warmup < 0 or self.min_lr < 0:
+            raise ConfigError("--warmup and --min-lr must be >= 0")
+        if self.max_nonfinite < 1:
+            raise ConfigError(f"--max-nonfinite must be at least 1, got {self.max_nonfinite}")
+        if self.weight_decay is not None and self.optimizer != "adamw" and self.weight_decay != 0:
+            raise ConfigError("--weight-decay is used by adamw only; add --optimizer adamw")
+
+
+def schedule(config: OptimConfig, total_steps: int) -> optax.Schedule:
+    """The learning rate as a function of the update count."""
+    lr, warmup = config.peak_lr, config.warmup
+    if config.schedule == "cosine":
+        return optax.warmup_cosine_decay_schedule(0.0, lr, warmup, max(total_steps, warmup + 1), config.min_lr)
+
+    def fn(step):
+        step = jnp.asarray(step, jnp.float32)
+        ramp = jnp.minimum(1.0, (step + 1.0) / warmup) if warmup else jnp.float32(1.0)
+        if config.schedule == "rsqrt" and warmup:
+            return lr * ramp * jnp.sqrt(warmup / jnp.maximum(step + 1.0, float(warmup)))
+        if config.schedule == "rsqrt":
+            return lr / jnp.sqrt(step + 1.0)
+        return lr * ramp
+    return fn
+
+
+def _decay_mask(params):
+    """Weight decay on matrices (kernels, embeddings), not on biases or norms."""
+    return jax.tree_util.tree_map(lambda p: p.ndim >= 2, params)
+
+
+def make_optimizer(config: OptimConfig, total_steps: int) -> optax.GradientTransformation:
+    """``apply_if_finite(chain(clip_by_global_norm(clip), optimizer(schedule)))``."""
+    config.validate()
+    lr = schedule(config, total_steps)
+    if config.optimizer == "sgd":
+        rule = optax.sgd(lr, momentum=config.momentum or None)
+    elif config.optimizer == "adam":
+        rule = optax.adam(lr, b1=config.beta1, b2=config.beta2)
+    else:
+        wd = 0.01 if config.weight_decay is None else config.weight_decay
+        rule = optax.adamw(lr, b1=config.beta1, b2=config.beta2, weight_decay=wd, mask=_decay_mask)
+    parts = ([optax.clip_by_global_norm(config.clip)] if config.clip > 0 else []) + [rule]
+    # never let a non-finite update through; the trainer stops after max_nonfinite in a row
+    return optax.apply_if_finite(optax.chain(*parts), max_consecutive_errors=NEVER)
+
+
+def nonfinite_count(opt_state) -> jax.Array:
+    """Consecutive non-finite steps skipped so far (from ``apply_if_finite``'s state)."""
+    return opt_state.notfinite_count
+
+
+def total_nonfinite(opt_state) -> jax.Array:
+    return opt_state.total_notfinite

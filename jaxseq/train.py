@@ -1,0 +1,386 @@
+"""One trainer for every model: TrainState, the jit-compiled steps, and the fit loop.
+
+``train_step`` computes, for a batch with targets ``y`` and weights ``w``,
+
+    loss(theta) = sum_bt w_bt nll_bt(theta) / sum_bt w_bt          (jaxseq.losses)
+    g           = grad loss(theta)
+    theta      <- theta + optimizer(clip(g))                        (jaxseq.optim)
+
+as ONE ``jax.jit``-compiled function with the state donated, compiled once per
+batch shape. ``eval_step`` returns the summed NLL and the token count, so the
+validation perplexity ``exp(sum NLL / sum tokens)`` is exact whatever the
+batch split.
+
+A recurrent carry between batches (sequential partitioning) is part of the
+TrainState: ``train_step`` feeds ``state.carry`` to the model and stores the
+new carry with ``stop_gradient`` (truncated backpropagation through time).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import signal
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import struct
+from jax.sharding import Mesh
+
+from jaxseq import losses, parallel
+from jaxseq.checkpoint import Checkpointer
+from jaxseq.config import option
+from jaxseq.errors import ConfigError, TrainingError
+from jaxseq.metrics import perplexity
+from jaxseq.optim import OptimConfig
+
+Array = jax.Array
+Batch = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """How long to train and how often to validate, log and checkpoint."""
+
+    steps: int | None = option(None, "training steps (parameter updates)")
+    epochs: int | None = option(None, "passes over the training data (instead of --steps)")
+    seed: int = option(0, "seed for initialisation, data order and dropout")
+    eval_every: int = option(500, "validate every N steps (0: only at the end)")
+    log_every: int = option(50, "log training metrics every N steps")
+    checkpoint_every: int = option(1000, "checkpoint every N steps (and always at the end)")
+    keep: int = option(3, "how many recent checkpoints to keep")
+    label_smoothing: float = option(0.0, "label smoothing of the training loss")
+    devices: int | None = option(None, "devices for data parallelism (default: all)")
+    progress: bool = option(True, "show a progress bar")
+
+    def validate(self) -> None:
+        if self.steps is not None and self.epochs is not None:
+            raise ConfigError("give --steps or --epochs, not both")
+        for name in ("steps", "epochs"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ConfigError(f"--{name} must be at least 1, got {value}")
+        for name in ("eval_every", "checkpoint_every"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"--{name.replace('_', '-')} must be >= 0")
+        if self.log_every < 1 or self.keep < 1:
+            raise ConfigError("--log-every and --keep must be at least 1")
+        if not 0.0 <= self.label_smoothing < 1.0:
+            raise ConfigError(f"--label-smoothing must lie in [0, 1), got {self.label_smoothing}")
+
+    def total_steps(self, batches_per_epoch: int, default: int) -> int:
+        if self.steps is not None:
+            return self.steps
+        if self.epochs is not None:
+            return self.epochs * batches_per_epoch
+        return default
+
+
+class TrainState(struct.PyTreeNode):
+    """Everything a training run needs to continue exactly.
+
+    ``rng`` is a raw ``uint32[2]`` key; the dropout key of step ``s`` is
+    ``fold_in(rng, s)``. ``carry`` is the recurrent state threaded between
+    batches (None when it is reset every batch).
+    """
+
+    step: Array
+    params: Any
+    opt_state: Any
+    rng: Array
+    carry: Any = None
+
+
+def init_params(model: nn.Module, batch: Batch, seed: int) -> Any:
+    """Parameters from ``model.init`` with ``PRNGKey(seed)`` (compiled, so large models init fast)."""
+    key = jax.random.PRNGKey(seed)
+    batch = {k: jnp.asarray(v) for k, v in batch.items()}
+    return jax.jit(lambda k, b: model.init({"params": k, "dropout": k}, b, train=False)["params"])(key, batch)
+
+
+def create_state(model: nn.Module, tx: optax.GradientTransformation, batch: Batch, seed: int,
+                 mesh: Mesh, carry: Any = None) -> TrainState:
+    """A fresh TrainState placed on ``mesh``: replicated, the carry split along the batch."""
+    params = init_params(model, batch, seed)
+    state = TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
+                       rng=jax.random.fold_in(jax.random.PRNGKey(seed), 1), carry=None)
+    state = parallel.replicate(state, mesh)
+    if carry is not None:
+        state = state.replace(carry=parallel.shard_tree_along_batch(carry, mesh))
+    return state
+
+
+def state_shardings(state: TrainState) -> Any:
+    return jax.tree_util.tree_map(lambda x: x.sharding, state)
+
+
+def abstract_state(state: TrainState) -> Any:
+    """Shapes, dtypes and shardings of ``state``, for restoring a checkpoint into it."""
+    return jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state)
+
+
+def _poison_if_nonfinite(grads: Any, loss: Array) -> Any:
+    """Make every gradient NaN when the loss is not finite, so the update is skipped."""
+    bad = ~jnp.isfinite(loss)
+    return jax.tree_util.tree_map(lambda g: jnp.where(bad, jnp.full_like(g, jnp.nan), g), grads)
+
+
+def make_train_step(model: nn.Module, tx: optax.GradientTransformation, *, label_smoothing: float = 0.0,
+                    shardings: tuple[Any, Any] | None = None) -> Callable[[TrainState, Batch], tuple[TrainState, dict]]:
+    """The jit-compiled ``(state, batch) -> (state, metrics)``; state is donated.
+
+    ``metrics``: ``nll_sum`` (unsmoothed), ``tokens``, ``loss`` (the
+    optimised mean), ``grad_norm`` (before clipping), ``nonfinite`` (the
+    consecutive count of skipped steps after this one). ``step.traces``
+    counts how often the function was traced (compiled).
+    """
+    target_key = model.target_key
+    traces = [0]
+
+    def step(state: TrainState, batch: Batch):
+        traces[0] += 1
+        dropout_key = jax.random.fold_in(state.rng, state.step)
+
+        def loss_fn(params):
+            logits, carry = model.apply({"params": params}, batch, train=True, carry=state.carry,
+                                        rngs={"dropout": dropout_key})
+            total, count = losses.weighted_cross_entropy(logits, batch[target_key], batch["weights"],
+                                                         label_smoothing)
+            if label_smoothing:
+                nll, _ = losses.weighted_cross_entropy(logits, batch[target_key], batch["weights"])
+            else:
+                nll = total
+            return losses.mean_loss(total, count), (nll, count, carry)
+
+        (loss, (nll, count, carry)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+        grads = _poison_if_nonfinite(grads, loss)
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        new_carry = None if state.carry is None else jax.lax.stop_gradient(carry)
+        new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state, carry=new_carry)
+        metrics = {"nll_sum": nll, "tokens": count, "loss": loss, "grad_norm": optax.global_norm(grads),
+                   "nonfinite": opt_state.notfinite_count}
+        return new_state, metrics
+
+    if shardings is None:
+        fn = jax.jit(step, donate_argnums=0)
+    else:
+        state_sh, batch_sh = shardings
+        fn = jax.jit(step, in_shardings=(state_sh, batch_sh), out_shardings=(state_sh, None), donate_argnums=0)
+    fn.traces = traces
+    return fn
+
+
+def make_eval_step(model: nn.Module) -> Callable:
+    """The jit-compiled ``(params, batch, carry) -> (nll_sum, tokens, carry)``."""
+    target_key = model.target_key
+    traces = [0]
+
+    def step(params, batch, carry):
+        traces[0] += 1
+        logits, carry = model.apply({"params": params}, batch, train=False, carry=carry)
+        total, count = losses.weighted_cross_entropy(logits, batch[target_key], batch["weights"])
+        return total, count, carry
+
+    fn = jax.jit(step)
+    fn.traces = traces
+    return fn
+
+
+def evaluate(eval_step: Callable, params: Any, batches: list[Batch], mesh: Mesh,
+             carry: Any = None) -> dict[str, float]:
+    """``{"nll", "perplexity", "tokens"}`` over all ``batches``.
+
+    With a ``carry`` (recurrent models trained with sequential partitioning)
+    the state flows from each batch to the next, as the rows of
+    :func:`jaxseq.data.lm.eval_batches` are contiguous streams.
+    """
+    sums = []
+    for batch in batches:
+        total, count, new_carry = eval_step(params, parallel.shard_batch(batch, mesh), carry)
+        if carry is not None:
+            carry = new_carry
+        sums.append((total, count))
+    sums = jax.device_get(sums)
+    nll = float(sum(np.float64(t) for t, _ in sums))
+    tokens = float(sum(np.float64(c) for _, c in sums))
+    mean = nll / tokens if tokens else float("nan")
+    return {"nll": mean, "perplexity": perplexity(nll, tokens), "tokens": int(tokens)}
+
+
+class MetricsLog:
+    """Appends one JSON object per line to ``metrics.jsonl`` (process 0 only)."""
+
+    def __init__(self, path: Path, enabled: bool = True):
+        self.path, self.enabled = Path(path), enabled
+
+    def write(self, record: dict) -> None:
+        if self.enabled:
+            with open(self.path, "a", encoding="utf-8") as f:
+                f.write(json.dumps(record, sort_keys=True) + "\n")
+
+    @staticmethod
+    def read(path: Path) -> list[dict]:
+        if not Path(path).exists():
+            return []
+        return [json.loads(line) for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+class _StopSignals:
+    """Turns SIGINT/SIGTERM into a flag the loop checks after each step."""
+
+    def __init__(self):
+        self.received: int | None = None
+        self._old = {}
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._old[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        if self.received is not None:   # a second signal: stop at once
+            raise KeyboardInterrupt
+        self.received = signum
+
+    def __exit__(self, *exc):
+        for sig, handler in self._old.items():
+            signal.signal(sig, handler)
+        return False
+
+
+@dataclass
+class FitResult:
+    state: TrainState
+    valid: dict | None = None
+    interrupted: int | None = None      # the signal number, if a signal stopped the run
+    seconds: float = 0.0
+    history: list[dict] = field(default_factory=list)
+
+
+def fit(model: nn.Module, state: TrainState, tx: optax.GradientTransformation, batches: Iterator[Batch], *,
+        total_steps: int, config: TrainConfig, optim: OptimConfig, mesh: Mesh,
+        valid_batches: list[Batch] | None = None, eval_carry: Any = None,
+        checkpointer: Checkpointer | None = None, manifest: dict | None = None,
+        metrics_log: MetricsLog | None = None, extra_eval: Callable[[Any], dict] | None = None,
+        echo: Callable[[str], None] | None = None) -> FitResult:
+    """Train ``state`` up to ``total_steps`` updates.
+
+    ``batches`` yields host (NumPy) batches and has ``get_state()`` (saved in
+    each checkpoint). Every ``log_every`` steps the buffered metrics are read
+    back (one device sync), checked for non-finite steps and logged; every
+    ``eval_every`` steps the model is validated (plus ``extra_eval(params)``,
+    e.g. BLEU); every ``checkpoint_every`` steps and at the end the state is
+    saved. SIGINT/SIGTERM save a checkpoint after the current step and return
+    with ``interrupted`` set.
+    """
+    echo = echo or (lambda msg: None)
+    metrics_log = metrics_log or MetricsLog(Path("/dev/null"), enabled=False)
+    step_fn = make_train_step(model, tx, label_smoothing=config.label_smoothing,
+                              shardings=(state_shardings(state), parallel.batch_sharding(mesh)))
+    eval_fn = make_eval_step(model)
+    start = int(jax.device_get(state.step))
+    t0 = time.perf_counter()
+    result = FitResult(state=state)
+    pending: list[dict] = []
+    window = {"nll": 0.0, "tokens": 0.0, "time": time.perf_counter(), "skipped": 0}
+
+    from tqdm.auto import tqdm
+    bar = tqdm(total=total_steps, initial=start, disable=not config.progress or jax.process_index() != 0,
+               dynamic_ncols=True, file=sys.stderr, leave=False, unit="step")
+
+    def flush(step: int) -> None:
+        """Read buffered step metrics back; stop on a streak of non-finite steps."""
+        if not pending:
+            return
+        values = jax.device_get(pending)
+        first = step - len(values) + 1
+        for i, m in enumerate(values):
+            if not (np.isfinite(m["loss"]) and np.isfinite(m["grad_norm"])):
+                window["skipped"] += 1
+            if int(m["nonfinite"]) >= optim.max_nonfinite:
+                streak_start = first + i - int(m["nonfinite"]) + 1
+                last = checkpointer.latest_step() if checkpointer else None
+                where = f"the last good checkpoint (step {last}) is intact" if last else "no checkpoint was written"
+                raise TrainingError(
+                    f"step {streak_start}: the loss or gradients became non-finite "
+                    f"({int(m['nonfinite'])} steps in a row, each skipped); {where}; "
+                    "lower --lr, tighten --clip or check the data")
+            window["nll"] += float(m["nll_sum"])
+            window["tokens"] += float(m["tokens"])
+        pending.clear()
+        now = time.perf_counter()
+        loss = window["nll"] / max(window["tokens"], 1.0)
+        record = {"step": step, "split": "train", "loss": loss, "perplexity": math.exp(min(loss, 700)),
+                  "tokens_per_s": window["tokens"] / max(now - window["time"], 1e-9),
+                  "grad_norm": float(values[-1]["grad_norm"]), "skipped": window["skipped"],
+                  "wall_time": now - t0}
+        metrics_log.write(record)
+        result.history.append(record)
+        bar.set_postfix(loss=f"{loss:.3f}", ppl=f"{record['perplexity']:.2f}",
+                        tok_s=f"{record['tokens_per_s']:.0f}", refresh=False)
+        window.update(nll=0.0, tokens=0.0, time=now, skipped=0)
+
+    def validate(step: int) -> None:
+        if not valid_batches:
+            return
+        flush(step)
+        t = time.perf_counter()
+        record = evaluate(eval_fn, state.params, valid_batches, mesh, eval_carry)
+        if extra_eval is not None:
+            record.update(extra_eval(state.params))
+        record.update(step=step, split="valid", wall_time=time.perf_counter() - t0)
+        result.valid = record
+        metrics_log.write(record)
+        result.history.append(record)
+        shown = ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
+                          for k, v in record.items() if k not in ("step", "split", "wall_time", "tokens"))
+        echo(f"step {step}: validation {shown}")
+        window["time"] += time.perf_counter() - t   # validation time is not training time
+
+    def save(step: int) -> None:
+        if checkpointer is None:
+            return
+        flush(step)
+        checkpointer.save(step, state, batches.get_state(), dict(manifest or {}, step=step))
+
+    with _StopSignals() as stop:
+        step = start
+        try:
+            while step < total_steps:
+                batch = parallel.shard_batch(next(batches), mesh)
+                state, metrics = step_fn(state, batch)
+                pending.append(metrics)
+                step += 1
+                bar.update(1)
+                if step % config.log_every == 0 or step == total_steps:
+                    flush(step)
+                if config.eval_every and step % config.eval_every == 0 and step < total_steps:
+                    validate(step)
+                if config.checkpoint_every and step % config.checkpoint_every == 0 and step < total_steps:
+                    save(step)
+                if stop.received is not None:
+                    save(step)
+                    result.interrupted = stop.received
+                    break
+            else:
+                flush(step)
+                validate(step)
+                save(step)
+        finally:
+            bar.close()
+            if checkpointer is not None:
+                checkpointer.wait()
+    result.state = state
+    result.seconds = time.perf_counter() - t0
+    return result
