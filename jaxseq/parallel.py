@@ -61,3 +61,16 @@ def shard_tree_along_batch(tree: Any, mesh: Mesh) -> Any:
 
 def replicate(tree: Any, mesh: Mesh) -> Any:
     return jax.device_put(tree, replicated(mesh))
+
+
+def local_rows(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """This process's equal share of the rows of a global host batch."""
+    index, count = jax.process_index(), jax.process_count()
+    if count == 1:
+        return batch
+    def rows(a):
+        n = a.shape[0]
+        if n % count:
+            raise ConfigError(f"a batch of {n} rows cannot be split over {count} processes")
+        return a[index * n // count:(index + 1) * n // count]
+    return {k: rows(np.asarray(v)) for k, v in batch.items()}

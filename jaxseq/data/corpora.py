@@ -59,6 +59,12 @@ REGISTRY: dict[str, Dataset] = {d.name: d for d in [
 ]}
 
 
+def generated_tasks() -> dict[str, str]:
+    """Built-in generated translation tasks: name -> description."""
+    from jaxseq.data import dates
+    return {"dates": dates.DESCRIPTION}
+
+
 def builtin_text() -> str:
     """The Python language reference's topics, joined in sorted topic order."""
     from pydoc_data.topics import topics

@@ -1,0 +1,254 @@
+"""The ``jaxseq`` command: a thin layer over the library.
+
+    jaxseq train lm          [flags]    train a language model (n-gram, RNN, GRU, LSTM, ...)
+    jaxseq train translate   [flags]    train a translation model
+    jaxseq evaluate  --workdir DIR      perplexity / BLEU of a trained run (last line: JSON)
+    jaxseq generate  --workdir DIR --prefix TEXT --length N
+    jaxseq translate --workdir DIR [TEXT ... | --input FILE]
+    jaxseq stats     [--data PATH]      n-gram statistics and a Zipf plot
+    jaxseq data list | fetch NAME
+
+Every deliberate error ends with one line on stderr and a non-zero exit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+
+def _configure_logging() -> None:
+    import logging
+    for name in ("absl", "orbax", "jax._src.xla_bridge"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    try:
+        from absl import logging as absl_logging
+        absl_logging.set_verbosity(absl_logging.ERROR)
+    except ImportError:  # pragma: no cover
+        pass
+
+
+# ----------------------------------------------------------------------------------------
+# parsers
+# ----------------------------------------------------------------------------------------
+
+def _lm_sections():
+    from jaxseq.data.lm import LMDataConfig
+    from jaxseq.models.lm import LMModelConfig
+    from jaxseq.ngram import NGramConfig
+    from jaxseq.optim import OptimConfig
+    from jaxseq.train import TrainConfig
+    return {"data": LMDataConfig, "model": LMModelConfig, "ngram": NGramConfig,
+            "optim": OptimConfig, "train": TrainConfig}
+
+
+def _add_run_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--workdir", type=Path, default=None,
+                        help="run directory (default: runs/<task>-<model>-<time>)")
+    parser.add_argument("--resume", action="store_true", help="continue the run in --workdir from its latest checkpoint")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from jaxseq.config import add_arguments
+
+    parser = argparse.ArgumentParser(prog="jaxseq", description="Sequence models in JAX/Flax.")
+    parser.add_argument("--version", action="version", version=f"jaxseq {_version()}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    train = commands.add_parser("train", help="train a model into a work directory")
+    tasks = train.add_subparsers(dest="task", required=True, metavar="TASK")
+    lm = tasks.add_parser("lm", help="language model", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    for title, cls in _lm_sections().items():
+        add_arguments(lm.add_argument_group(title), cls)
+    _add_run_flags(lm)
+    lm.add_argument("--baseline", action=argparse.BooleanOptionalAction, default=True,
+                    help="also report a trigram Kneser-Ney baseline on the same split")
+
+    try:
+        from jaxseq.tasks import translate as translate_task
+    except ImportError:
+        translate_task = None
+    if translate_task is not None:
+        tr = tasks.add_parser("translate", help="translation (sequence to sequence) model")
+        for title, cls in translate_task.SECTIONS.items():
+            add_arguments(tr.add_argument_group(title), cls)
+        _add_run_flags(tr)
+
+    ev = commands.add_parser("evaluate", help="evaluate a trained run; prints JSON last")
+    ev.add_argument("--workdir", type=Path, required=True)
+    ev.add_argument("--data", default=None, help="a text file (LM) or TSV pairs (translation) to evaluate on "
+                    "(default: the run's validation split)")
+    ev.add_argument("--beam", type=int, default=None, help="translation: beam size for BLEU (default: greedy)")
+
+    gen = commands.add_parser("generate", help="continue a prefix with a trained language model")
+    gen.add_argument("--workdir", type=Path, required=True)
+    gen.add_argument("--prefix", required=True)
+    gen.add_argument("--length", type=int, default=100, help="tokens to generate")
+    gen.add_argument("--seed", type=int, default=0)
+    gen.add_argument("--temperature", type=float, default=1.0, help="0 = greedy")
+    gen.add_argument("--top-k", type=int, default=0, help="sample from the k most likely tokens (0 = all)")
+
+    if translate_task is not None:
+        tl = commands.add_parser("translate", help="translate sentences with a trained model")
+        tl.add_argument("--workdir", type=Path, required=True)
+        tl.add_argument("text", nargs="*", help="sentences to translate")
+        tl.add_argument("--input", type=Path, default=None, help="a file with one sentence per line")
+        tl.add_argument("--beam", type=int, default=1, help="beam size (1 = greedy)")
+        tl.add_argument("--alpha", type=float, default=0.6, help="beam length normalisation exponent")
+        tl.add_argument("--max-len", type=int, default=None, help="longest output (default: the run's --max-len)")
+        tl.add_argument("--show-attention", type=Path, default=None,
+                        help="write the attention heatmap of the first sentence to this PNG")
+
+    stats = commands.add_parser("stats", help="corpus statistics: top n-grams and a Zipf plot")
+    stats.add_argument("--data", default="builtin")
+    stats.add_argument("--tokens", default="char", choices=("char", "word"))
+    stats.add_argument("--preprocess", default="none", choices=("none", "d2l"))
+    stats.add_argument("--top", type=int, default=10, help="how many n-grams of each order to list")
+    stats.add_argument("--plot", type=Path, default=Path("zipf.png"), help="where to write the Zipf plot")
+
+    data = commands.add_parser("data", help="built-in and registered datasets")
+    data_cmds = data.add_subparsers(dest="data_command", required=True, metavar="ACTION")
+    data_cmds.add_parser("list", help="list the datasets")
+    fetch = data_cmds.add_parser("fetch", help="download a dataset into the cache ($JAXSEQ_DATA)")
+    fetch.add_argument("name")
+    fetch.add_argument("--url", default=None, help="a mirror to download from (the checksum still applies)")
+    fetch.add_argument("--force", action="store_true", help="download again even if cached")
+    return parser
+
+
+def _version() -> str:
+    from jaxseq import __version__
+    return __version__
+
+
+# ----------------------------------------------------------------------------------------
+# commands
+# ----------------------------------------------------------------------------------------
+
+def _cmd_train_lm(args) -> int:
+    from jaxseq.config import from_args, given_flags
+    from jaxseq.tasks import lm
+    from jaxseq.workdir import Workdir, default_workdir
+
+    sections = _lm_sections()
+    run = lm.LMRun(**{name: from_args(cls, args) for name, cls in sections.items()})
+    given = {name: given_flags(args, cls) for name, cls in sections.items()}
+    workdir = Workdir(args.workdir or default_workdir("lm", run.model.model))
+    results = lm.train_lm(run, workdir, resume=args.resume, given=given, baseline=args.baseline)
+    return 128 + results["interrupted"] if results.get("interrupted") else 0
+
+
+def _cmd_train_translate(args) -> int:
+    from jaxseq.tasks import translate
+    from jaxseq.workdir import Workdir, default_workdir
+    from jaxseq.config import from_args, given_flags
+
+    run = translate.TranslateRun(**{n: from_args(c, args) for n, c in translate.SECTIONS.items()})
+    given = {n: given_flags(args, c) for n, c in translate.SECTIONS.items()}
+    workdir = Workdir(args.workdir or default_workdir("translate", run.model.model))
+    results = translate.train_translate(run, workdir, resume=args.resume, given=given)
+    return 128 + results["interrupted"] if results.get("interrupted") else 0
+
+
+def _cmd_evaluate(args) -> int:
+    from jaxseq.workdir import Workdir
+
+    workdir = Workdir(args.workdir)
+    task = workdir.require_any()
+    if task == "lm":
+        from jaxseq.tasks import lm
+        result = lm.evaluate_lm(workdir, args.data)
+    else:
+        from jaxseq.tasks import translate
+        result = translate.evaluate_translate(workdir, args.data, beam=args.beam)
+    print(json.dumps(result, sort_keys=True))
+    return 0
+
+
+def _cmd_generate(args) -> int:
+    from jaxseq.tasks import lm
+    from jaxseq.workdir import Workdir
+
+    print(lm.generate_lm(Workdir(args.workdir), args.prefix, args.length, seed=args.seed,
+                         temperature=args.temperature, top_k=args.top_k))
+    return 0
+
+
+def _cmd_translate(args) -> int:
+    from jaxseq.tasks import translate
+    from jaxseq.workdir import Workdir
+
+    for line in translate.translate_texts(Workdir(args.workdir), args.text, input_file=args.input,
+                                          beam=args.beam, alpha=args.alpha, max_len=args.max_len,
+                                          show_attention=args.show_attention):
+        print(line)
+    return 0
+
+
+def _cmd_stats(args) -> int:
+    from jaxseq import ngram, plots
+    from jaxseq.data import corpora, text as text_lib
+    from jaxseq.data.vocab import UNK, Vocab
+
+    text, source = corpora.load_text(args.data)
+    tokens = text_lib.tokenize(text_lib.preprocess(text, args.preprocess), args.tokens)
+    vocab = Vocab.build(tokens, reserved_tokens=(UNK,))
+    ids = vocab.encode(tokens)
+    joiner = "" if args.tokens == "char" else " "
+    print(f"{source}: {len(tokens):,} {args.tokens} tokens, {len(vocab) - 1:,} distinct")
+    for n, name in ((1, "unigrams"), (2, "bigrams"), (3, "trigrams")):
+        print(f"top {name}:")
+        for gram, count in ngram.top_ngrams(ids, n, args.top):
+            print(f"  {count:>9,}  {joiner.join(vocab.decode(gram))!r}")
+    plots.zipf_plot(ids, args.plot, title=f"Zipf's law: {source} ({args.tokens} tokens)")
+    print(f"wrote {args.plot}")
+    return 0
+
+
+def _cmd_data(args) -> int:
+    from jaxseq.data import corpora
+
+    if args.data_command == "list":
+        print(f"{'builtin':<16} text   (no download) the Python language reference shipped with CPython")
+        for extra_name, description in corpora.generated_tasks().items():
+            print(f"{extra_name:<16} pairs  (generated)   {description}")
+        for d in corpora.REGISTRY.values():
+            cached = "cached" if corpora.dataset_path(d.name).exists() else "not fetched"
+            print(f"{d.name:<16} {d.kind:<6} ({cached:<11}) {d.description}")
+        return 0
+    path = corpora.fetch(args.name, url=args.url, force=args.force)
+    print(path)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _configure_logging()
+    from jaxseq.errors import JaxseqError
+
+    handlers = {"evaluate": _cmd_evaluate, "generate": _cmd_generate, "translate": _cmd_translate,
+                "stats": _cmd_stats, "data": _cmd_data}
+    try:
+        if args.command == "train":
+            return _cmd_train_lm(args) if args.task == "lm" else _cmd_train_translate(args)
+        return handlers[args.command](args)
+    except JaxseqError as err:
+        print(f"jaxseq: error: {err}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("jaxseq: interrupted", file=sys.stderr)
+        return 130
+    except OSError as err:
+        where = f"{err.filename}: " if getattr(err, "filename", None) else ""
+        print(f"jaxseq: error: {where}{err.strerror or err}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,107 @@
+"""Plots written as PNG files (corpus statistics; later learning curves, attention heatmaps).
+
+matplotlib is imported only when a plot is drawn, and with the non-interactive
+``Agg`` backend unless the caller has already imported ``pyplot`` (and so
+chosen a backend). Every function writes one file and returns its path.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from jaxseq.errors import DataError
+
+
+def pyplot():
+    """``matplotlib.pyplot``, imported lazily with the Agg backend."""
+    if "matplotlib.pyplot" not in sys.modules:
+        import matplotlib
+        matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    return plt
+
+
+def save_figure(fig, path: str | os.PathLike) -> Path:
+    """Write ``fig`` to ``path`` as PNG and close it; an unwritable path is a DataError."""
+    plt = pyplot()
+    path = Path(path)
+    try:
+        fig.savefig(path, format="png", dpi=120, bbox_inches="tight")
+    except OSError as err:
+        raise DataError(f"{path}: cannot write the plot ({err.strerror or err})") from None
+    finally:
+        plt.close(fig)
+    return path
+
+
+def zipf_plot(ids, path: str | os.PathLike, title: str = "Zipf's law: rank vs frequency",
+              orders: Sequence[int] = (1, 2, 3)) -> Path:
+    """Log-log plot of n-gram frequency against frequency rank, one line per order.
+
+    Zipf's law says the frequency of the ``r``-th most frequent token falls
+    roughly as ``r^(-alpha)``, a straight line of slope ``-alpha`` here.
+    ``ids``: 1-D token ids; orders longer than the text are skipped.
+    """
+    from jaxseq.ngram import ngram_counts
+
+    x = np.asarray(ids)
+    if x.ndim != 1 or x.size == 0:
+        raise DataError("zipf_plot: expected a non-empty 1-D sequence of token ids")
+    names = {1: "unigrams", 2: "bigrams", 3: "trigrams"}
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(6, 4.5))
+    for n in orders:
+        _, counts = ngram_counts(x, n)
+        if counts.size == 0:
+            continue
+        freq = np.sort(counts)[::-1]
+        ax.loglog(np.arange(1, freq.size + 1), freq, label=names.get(n, f"{n}-grams"))
+    ax.set_xlabel("rank")
+    ax.set_ylabel("frequency")
+    ax.set_title(title)
+    ax.grid(True, which="major", alpha=0.3)
+    ax.legend()
+    return save_figure(fig, path)
+
+
+def learning_curve(metrics_path: str | os.PathLike, path: str | os.PathLike,
+                   title: str = "learning curve") -> Path:
+    """Training and validation perplexity against step, from a run's ``metrics.jsonl``.
+
+    A log-scaled y axis, since perplexity falls over orders of magnitude at
+    first. Validation records that carry ``bleu`` get a second panel.
+    """
+    import json
+
+    records = []
+    p = Path(metrics_path)
+    if p.exists():
+        records = [json.loads(line) for line in p.read_text(encoding="utf-8").splitlines() if line.strip()]
+    train = [(r["step"], r["perplexity"]) for r in records if r.get("split") == "train"]
+    valid = [(r["step"], r["perplexity"]) for r in records if r.get("split") == "valid"]
+    bleu = [(r["step"], r["bleu"]) for r in records if r.get("split") == "valid" and "bleu" in r]
+    plt = pyplot()
+    fig, axes = plt.subplots(1, 2 if bleu else 1, figsize=(10 if bleu else 6, 4.5), squeeze=False)
+    ax = axes[0, 0]
+    for points, label, style in ((train, "train", "-"), (valid, "validation", "o-")):
+        if points:
+            steps, ppl = zip(*points)
+            ax.plot(steps, ppl, style, label=label)
+    ax.set_yscale("log")
+    ax.set_xlabel("step")
+    ax.set_ylabel("perplexity")
+    ax.set_title(title)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend()
+    if bleu:
+        steps, values = zip(*bleu)
+        axes[0, 1].plot(steps, values, "o-", color="tab:green")
+        axes[0, 1].set_xlabel("step")
+        axes[0, 1].set_ylabel("BLEU (validation)")
+        axes[0, 1].grid(True, alpha=0.3)
+    return save_figure(fig, path)

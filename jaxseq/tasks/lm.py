@@ -1,0 +1,243 @@
+"""Language-model jobs: train (n-gram or neural), evaluate, generate."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from typing import Any
+
+import jax
+import numpy as np
+
+from jaxseq import config as config_lib
+from jaxseq import decode, parallel, train
+from jaxseq.checkpoint import Checkpointer, tree_signature
+from jaxseq.data import text as text_lib
+from jaxseq.data.lm import LMBatches, LMDataConfig, eval_batches, load_corpus, tokens_from_config
+from jaxseq.data.vocab import Vocab
+from jaxseq.errors import CheckpointError, ConfigError, DataError
+from jaxseq.models.lm import LMModelConfig, build_lm
+from jaxseq.ngram import NGramConfig, NGramLM
+from jaxseq.optim import OptimConfig, make_optimizer
+from jaxseq.tasks.common import Echo, array_fingerprint, echo_stdout, manifest, restore_params, warn
+from jaxseq.workdir import Workdir
+
+DEFAULT_STEPS = 2000
+SECTIONS = {"data": LMDataConfig, "model": LMModelConfig, "ngram": NGramConfig,
+            "optim": OptimConfig, "train": train.TrainConfig}
+
+
+@dataclasses.dataclass
+class LMRun:
+    """The configs of a language-model run."""
+
+    data: LMDataConfig
+    model: LMModelConfig
+    ngram: NGramConfig
+    optim: OptimConfig
+    train: train.TrainConfig
+
+    def to_dict(self) -> dict:
+        return {"task": "lm", **{name: config_lib.to_dict(getattr(self, name)) for name in SECTIONS}}
+
+    @classmethod
+    def from_dict(cls, data: dict, where: str) -> "LMRun":
+        return cls(**{name: config_lib.from_dict(kind, data.get(name, {}), where=where)
+                      for name, kind in SECTIONS.items()})
+
+    def validate(self) -> None:
+        self.data.validate()
+        self.model.validate()
+        if self.model.model == "ngram":
+            self.ngram.validate()
+        else:
+            self.optim.validate()
+            self.train.validate()
+
+
+def _data_fingerprint(corpus) -> str:
+    return array_fingerprint(corpus.train, corpus.valid)
+
+
+def _load_vocab(workdir: Workdir) -> Vocab:
+    path = workdir.file("vocab.json")
+    if not path.exists():
+        raise CheckpointError(f"{path}: missing; the work directory is incomplete")
+    return Vocab.load(path)
+
+
+def train_lm(run: LMRun, workdir: Workdir, *, resume: bool = False, given: dict | None = None,
+             baseline: bool = True, echo: Echo = echo_stdout) -> dict:
+    """Train the language model of ``run`` into ``workdir``; returns the results."""
+    run.validate()
+    run = LMRun.from_dict(workdir.start(run.to_dict(), resume=resume, given=given), str(workdir.config_path))
+    vocab = _load_vocab(workdir) if resume else None
+    corpus = load_corpus(run.data, vocab=vocab)
+    fingerprint = _data_fingerprint(corpus)
+    echo(f"data: {corpus.source}, {len(corpus.train):,} training and {len(corpus.valid):,} validation "
+         f"{run.data.tokens} tokens, vocabulary {len(corpus.vocab)}")
+    if not resume and jax.process_index() == 0:
+        corpus.vocab.save(workdir.file("vocab.json"))
+    if run.model.model == "ngram":
+        return _train_ngram(run, corpus, workdir, echo)
+    return _train_neural(run, corpus, fingerprint, workdir, resume=resume, baseline=baseline, echo=echo)
+
+
+def _train_ngram(run: LMRun, corpus, workdir: Workdir, echo: Echo) -> dict:
+    t0 = time.perf_counter()
+    model = NGramLM.fit(corpus.train, len(corpus.vocab), run.ngram)
+    fit_seconds = time.perf_counter() - t0
+    valid = model.evaluate(corpus.valid)
+    model.save(workdir.file("model.npz"))
+    results = {"model": f"{run.ngram.order}-gram {run.ngram.smoothing}", "valid": valid,
+               "train_seconds": fit_seconds, "train_tokens": int(corpus.train.size)}
+    workdir.write_json("results.json", results)
+    echo(f"{results['model']}: validation perplexity {valid['perplexity']:.3f} "
+         f"({valid['nll']:.4f} nats/token over {valid['tokens']:,} tokens), fit in {fit_seconds:.2f}s")
+    sample = model.sample(corpus.valid[:1], 120, np.random.default_rng(0))
+    echo("sample: " + repr(text_lib.detokenize(corpus.vocab.decode(sample), run.data.tokens)))
+    return results
+
+
+def _trigram_baseline(corpus) -> dict:
+    model = NGramLM.fit(corpus.train, len(corpus.vocab), NGramConfig(order=3, smoothing="kn"))
+    return model.evaluate(corpus.valid)
+
+
+def _train_neural(run: LMRun, corpus, fingerprint: str, workdir: Workdir, *, resume: bool,
+                  baseline: bool, echo: Echo) -> dict:
+    mesh = parallel.make_mesh(run.train.devices)
+    parallel.check_batch_size(run.data.batch_size, mesh)
+    vocab_size = len(corpus.vocab)
+    model = build_lm(run.model, vocab_size)
+    batches = LMBatches(corpus.train, seq_len=run.data.seq_len, batch_size=run.data.batch_size,
+                        sampling=run.data.sampling, seed=run.train.seed,
+                        shard=(jax.process_index(), jax.process_count()))
+    total_steps = run.train.total_steps(batches.batches_per_epoch, DEFAULT_STEPS)
+    tx = make_optimizer(run.optim, total_steps)
+    global_first = LMBatches(corpus.train, seq_len=run.data.seq_len, batch_size=run.data.batch_size,
+                             sampling=run.data.sampling, seed=run.train.seed).batch(0, 0)
+    sequential = run.data.sampling == "sequential"
+    carry = model.initial_carry(run.data.batch_size) if sequential else None
+    state = train.create_state(model, tx, global_first, run.train.seed, mesh, carry)
+    valid = [parallel.local_rows(b) for b in
+             eval_batches(corpus.valid, seq_len=run.data.seq_len, batch_size=run.data.batch_size)]
+    eval_carry = (parallel.shard_tree_along_batch(model.initial_carry(run.data.batch_size), mesh)
+                  if sequential else None)
+    expected = manifest("lm", config_lib.to_dict(run.model), corpus.vocab.fingerprint(), state.params,
+                        fingerprint)
+    checkpointer = Checkpointer(workdir.checkpoints, keep=run.train.keep)
+    if resume and checkpointer.latest_step() is not None:
+        state, data_state, step = checkpointer.restore(train.abstract_state(state), expected)
+        batches.set_state(data_state)
+        echo(f"resumed from step {step}")
+    elif resume:
+        raise CheckpointError(f"{workdir.checkpoints}: no checkpoint to resume from; train without --resume")
+    echo(f"model: {run.model.model}, {sum(x.size for x in jax.tree_util.tree_leaves(state.params)):,} "
+         f"parameters; {total_steps} steps of {run.data.batch_size} x {run.data.seq_len} tokens "
+         f"on {mesh.devices.size} device(s)")
+    base = _trigram_baseline(corpus) if baseline else None
+    result = train.fit(model, state, tx, batches, total_steps=total_steps, config=run.train, optim=run.optim,
+                       mesh=mesh, valid_batches=valid, eval_carry=eval_carry, checkpointer=checkpointer,
+                       manifest=expected, metrics_log=train.MetricsLog(workdir.metrics,
+                                                                       jax.process_index() == 0),
+                       echo=echo)
+    checkpointer.close()
+    step = int(jax.device_get(result.state.step))
+    results = {"model": run.model.model, "step": step, "valid": result.valid, "train_seconds": result.seconds}
+    if base is not None:
+        results["trigram_kn_valid"] = base
+    if result.interrupted is not None:
+        results["interrupted"] = int(result.interrupted)
+        echo(f"stopped by signal {result.interrupted} at step {step}; checkpoint saved; continue with --resume")
+        return results
+    if jax.process_index() == 0:
+        workdir.write_json("results.json", results)
+        from jaxseq import plots
+        plots.learning_curve(workdir.metrics, workdir.file("curve.png"), title=f"{run.model.model} language model")
+    v = result.valid or {}
+    line = f"{run.model.model}: validation perplexity {v.get('perplexity', float('nan')):.3f}"
+    if base is not None:
+        line += f" (trigram Kneser-Ney baseline: {base['perplexity']:.3f})"
+    echo(line + f"; trained {step} steps in {result.seconds:.1f}s")
+    prefix = corpus.valid[: min(10, len(corpus.valid))] if run.data.tokens == "char" else corpus.valid[:3]
+    sample = decode.generate(model, result.state.params, prefix[None], 200, key=jax.random.PRNGKey(0),
+                             temperature=0.8)
+    echo("sample: " + repr(text_lib.detokenize(corpus.vocab.decode(np.concatenate([prefix, np.asarray(sample[0])])),
+                                               run.data.tokens)))
+    echo(f"work directory: {workdir}")
+    return results
+
+
+# -- using a trained run -------------------------------------------------------------------
+
+def load_run(workdir: Workdir) -> tuple[LMRun, Vocab]:
+    config = workdir.require("lm")
+    return LMRun.from_dict(config, str(workdir.config_path)), _load_vocab(workdir)
+
+
+def _load_neural(run: LMRun, vocab: Vocab, workdir: Workdir) -> tuple[Any, Any]:
+    model = build_lm(run.model, len(vocab))
+    tx = make_optimizer(run.optim, 1)
+    b, t = run.data.batch_size, run.data.seq_len
+    sample = {"inputs": np.zeros((b, t), np.int32), "targets": np.zeros((b, t), np.int32),
+              "weights": np.ones((b, t), np.float32)}
+    carry = model.initial_carry(b) if run.data.sampling == "sequential" else None
+    abstract_params = jax.eval_shape(lambda: train.init_params(model, sample, 0))
+    expected = {"task": "lm", "model": config_lib.to_dict(run.model), "vocab": vocab.fingerprint(),
+                "params": tree_signature(abstract_params)}
+    params, _ = restore_params(workdir, model, tx, sample, expected, carry)
+    return model, params
+
+
+def _encode_text(run: LMRun, vocab: Vocab, text: str, what: str) -> np.ndarray:
+    tokens = tokens_from_config(run.data, text)
+    unknown = vocab.unknown(tokens)
+    if unknown:
+        shown = ", ".join(repr(t) for t in unknown[:5]) + (" ..." if len(unknown) > 5 else "")
+        warn(f"{what}: {len(unknown)} token type(s) not in the vocabulary become <unk>: {shown}")
+    return vocab.encode(tokens)
+
+
+def evaluate_lm(workdir: Workdir, data: str | None = None) -> dict:
+    """Perplexity of the run's model on its validation split, or on the text file ``data``."""
+    run, vocab = load_run(workdir)
+    if data is None:
+        ids = load_corpus(run.data, vocab=vocab).valid
+        source = f"{run.data.data} (validation split)"
+    else:
+        ids = _encode_text(run, vocab, text_lib.read_text(data), data)
+        source = data
+    if len(ids) < 2:
+        raise DataError(f"{source}: fewer than 2 tokens to score")
+    if run.model.model == "ngram":
+        result = NGramLM.load(workdir.file("model.npz")).evaluate(ids)
+    else:
+        model, params = _load_neural(run, vocab, workdir)
+        mesh = parallel.make_mesh(1)
+        batches = eval_batches(ids, seq_len=run.data.seq_len, batch_size=run.data.batch_size)
+        carry = (parallel.shard_tree_along_batch(model.initial_carry(run.data.batch_size), mesh)
+                 if run.data.sampling == "sequential" else None)
+        result = train.evaluate(train.make_eval_step(model), params, batches, mesh, carry)
+    return {"data": source, **result}
+
+
+def generate_lm(workdir: Workdir, prefix: str, length: int, *, seed: int = 0, temperature: float = 1.0,
+                top_k: int = 0) -> str:
+    """``prefix`` followed by ``length`` sampled tokens, as text."""
+    if length < 1:
+        raise ConfigError(f"--length must be at least 1, got {length}")
+    if temperature < 0:
+        raise ConfigError(f"--temperature must be >= 0 (0 = greedy), got {temperature}")
+    run, vocab = load_run(workdir)
+    ids = _encode_text(run, vocab, prefix, "prefix")
+    if len(ids) == 0:
+        raise DataError("--prefix is empty after preprocessing and tokenization; give some text")
+    if run.model.model == "ngram":
+        model = NGramLM.load(workdir.file("model.npz"))
+        out = model.sample(ids, length, np.random.default_rng(seed), temperature=temperature or 1e-6)
+    else:
+        model, params = _load_neural(run, vocab, workdir)
+        out = np.asarray(decode.generate(model, params, ids[None], length, key=jax.random.PRNGKey(seed),
+                                         temperature=temperature, top_k=top_k))[0]
+    return text_lib.detokenize(vocab.decode(np.concatenate([ids, out])), run.data.tokens)

@@ -1,0 +1,126 @@
+"""A run's working directory: everything needed to resume, evaluate or decode.
+
+    WORKDIR/
+      config.json     every setting of the run (task, data, model, optimizer, training)
+      vocab.json      the vocabulary (translation: src_vocab.json and tgt_vocab.json)
+      metrics.jsonl   one JSON object per log line (step, split, loss, perplexity, ...)
+      checkpoints/    Orbax checkpoints (neural models)
+      model.npz       the n-gram model
+      results.json    the final validation results
+      curve.png       the learning curve
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from jaxseq.config import dumps
+from jaxseq.errors import CheckpointError, ConfigError
+
+# settings that may change when a run is resumed (length and logistics, not the model or data)
+RESUMABLE = {"steps", "epochs", "eval_every", "log_every", "checkpoint_every", "keep", "progress", "devices"}
+
+
+def default_workdir(task: str, model: str) -> Path:
+    return Path("runs") / f"{task}-{model}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+class Workdir:
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+
+    def __str__(self) -> str:
+        return str(self.path)
+
+    # -- paths ----------------------------------------------------------------
+    def file(self, name: str) -> Path:
+        return self.path / name
+
+    @property
+    def config_path(self) -> Path:
+        return self.file("config.json")
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.file("checkpoints")
+
+    @property
+    def metrics(self) -> Path:
+        return self.file("metrics.jsonl")
+
+    # -- reading and writing ----------------------------------------------------
+    def exists(self) -> bool:
+        return self.config_path.exists()
+
+    def write_json(self, name: str, data: Any) -> None:
+        """Write atomically: a temporary file renamed into place."""
+        self.path.mkdir(parents=True, exist_ok=True)
+        tmp = self.file(name + ".tmp")
+        tmp.write_text(dumps(data) + "\n", encoding="utf-8")
+        os.replace(tmp, self.file(name))
+
+    def read_json(self, name: str) -> Any:
+        path = self.file(name)
+        if not path.exists():
+            raise CheckpointError(f"{path}: missing; is {self.path} a jaxseq work directory?")
+        try:
+            return json.loads(path.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise CheckpointError(f"{path}: damaged ({err}); the run cannot be read") from None
+
+    def config(self) -> dict:
+        config = self.read_json("config.json")
+        if not isinstance(config, dict) or "task" not in config:
+            raise CheckpointError(f"{self.config_path}: not a jaxseq run configuration")
+        return config
+
+    def require_any(self) -> str:
+        """The task of the run in this directory."""
+        if not self.path.exists():
+            raise CheckpointError(f"{self.path}: no such work directory; train a model there first")
+        return self.config()["task"]
+
+    def require(self, task: str) -> dict:
+        """The run's config, which must be of ``task``."""
+        if not self.path.exists():
+            raise CheckpointError(f"{self.path}: no such work directory; train a model there first")
+        config = self.config()
+        if config["task"] != task:
+            raise CheckpointError(f"{self.path}: holds a {config['task']} run, not {task}; "
+                                  "pick the right --workdir")
+        return config
+
+    def start(self, config: dict, *, resume: bool, given: dict[str, dict] | None = None) -> dict:
+        """Begin a run: a new one (refusing to overwrite) or a resumed one.
+
+        On ``resume`` the saved config wins; flags given now must agree with
+        it except for the run-length and logistics settings in ``RESUMABLE``,
+        which are updated. Returns the config to use.
+        """
+        if not resume:
+            if self.exists():
+                old = self.config()
+                raise CheckpointError(
+                    f"{self.path}: already holds a {old['task']} run (model {old.get('model', {}).get('model')}); "
+                    "add --resume to continue it or choose a new --workdir")
+            self.write_json("config.json", config)
+            return config
+        if not self.exists():
+            raise CheckpointError(f"{self.path}: nothing to resume (no config.json); train without --resume first")
+        saved = self.config()
+        if saved["task"] != config["task"]:
+            raise CheckpointError(f"{self.path}: holds a {saved['task']} run, not {config['task']}")
+        for section, flags in (given or {}).items():
+            for name, value in flags.items():
+                old = saved.get(section, {}).get(name)
+                if name in RESUMABLE:
+                    saved.setdefault(section, {})[name] = value
+                elif old != value:
+                    raise ConfigError(f"--{name.replace('_', '-')} {value} differs from the run being resumed "
+                                      f"({old}); drop the flag or use a new --workdir")
+        self.write_json("config.json", saved)
+        return saved
