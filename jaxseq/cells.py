@@ -66,6 +66,7 @@ Shapes at the public API are batch-major: inputs ``(B, T, I)``, outputs
 from __future__ import annotations
 
 import functools
+import math
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -141,7 +142,7 @@ class Cell:
         orthogonal = jax.nn.initializers.orthogonal()
         for n, g in enumerate(self.gates):
             params[f"W_x{g}"] = (jax.random.normal(keys[2 * n], (input_size, hidden_size), dtype)
-                                 / np.sqrt(input_size)).astype(dtype)
+                                 / math.sqrt(input_size)).astype(dtype)
             params[f"W_h{g}"] = orthogonal(keys[2 * n + 1], (hidden_size, hidden_size), dtype)
             bias = self.forget_bias if g == "f" else 0.0
             params[f"b_{g}"] = jnp.full((hidden_size,), bias, dtype)
@@ -163,7 +164,7 @@ class Cell:
     # -- the affine maps -----------------------------------------------------
     def project_input(self, params: Params, x: Array) -> dict[str, Array]:
         """``a^x_g = X W_xg + b_g`` for every gate; ``x`` is ``(..., I)``."""
-        return {g: x @ params[f"W_x{g}"].astype(x.dtype) + params[f"b_{g}"].astype(x.dtype)
+        return {g: add_bias(x @ params[f"W_x{g}"].astype(x.dtype), params[f"b_{g}"].astype(x.dtype))
                 for g in self.gates}
 
     def project_hidden(self, params: Params, h: Array) -> dict[str, Array]:
@@ -172,7 +173,7 @@ class Cell:
         for g in self.gates:
             a = h @ params[f"W_h{g}"].astype(h.dtype)
             if g in self.h_bias:
-                a = a + params[f"b_h{g}"].astype(h.dtype)
+                a = add_bias(a, params[f"b_h{g}"].astype(h.dtype))
             out[g] = a
         return out
 
@@ -185,6 +186,11 @@ class Cell:
     def scan(self, params: Params, xs: Array, carry: Carry | None = None, **kwargs) -> tuple[Carry, Array]:
         """Run over ``xs`` ``(B, T, I)``; see :func:`run` for the options."""
         return run(self, params, xs, carry, **kwargs)
+
+
+def add_bias(a: Array, b: Array) -> Array:
+    """``a + b`` for ``a`` ``(..., H)`` and ``b`` ``(H,)``, broadcast explicitly (strict rank promotion)."""
+    return a + b.reshape((1,) * (a.ndim - 1) + b.shape)
 
 
 def _hidden(carry: Carry) -> Array:

@@ -113,7 +113,25 @@ def make_optimizer(config: OptimConfig, total_steps: int) -> optax.GradientTrans
         rule = optax.adamw(lr, b1=config.beta1, b2=config.beta2, weight_decay=wd, mask=_decay_mask)
     parts = ([optax.clip_by_global_norm(config.clip)] if config.clip > 0 else []) + [rule]
     # never let a non-finite update through; the trainer stops after max_nonfinite in a row
-    return optax.apply_if_finite(optax.chain(*parts), max_consecutive_errors=NEVER)
+    return _standard_promotion(optax.apply_if_finite(optax.chain(*parts), max_consecutive_errors=NEVER))
+
+
+def _standard_promotion(tx: optax.GradientTransformation) -> optax.GradientTransformation:
+    """Run optax under JAX's standard dtype promotion.
+
+    optax's Adam bias correction raises a Python float to an int32 power,
+    which strict promotion (on in jaxseq's test suite, to catch our own dtype
+    slips) refuses; the rest of jaxseq stays strict.
+    """
+    def init(params):
+        with jax.numpy_dtype_promotion("standard"):
+            return tx.init(params)
+
+    def update(updates, state, params=None):
+        with jax.numpy_dtype_promotion("standard"):
+            return tx.update(updates, state, params)
+
+    return optax.GradientTransformation(init, update)
 
 
 def nonfinite_count(opt_state) -> jax.Array:

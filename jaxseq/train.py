@@ -167,7 +167,7 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, *, label
         params = optax.apply_updates(state.params, updates)
         new_carry = None if state.carry is None else jax.lax.stop_gradient(carry)
         new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state, carry=new_carry)
-        metrics = {"nll_sum": nll, "tokens": count, "loss": loss, "grad_norm": optax.global_norm(grads),
+        metrics = {"nll_sum": nll, "tokens": count, "loss": loss, "grad_norm": optax.tree.norm(grads),
                    "nonfinite": opt_state.notfinite_count}
         return new_state, metrics
 

@@ -448,3 +448,16 @@ def test_dates_refuse_bad_configs():
         dates_lib.generate_pairs(dates_lib.DatesConfig(dates_count=10, dates_target="xx"))
     with pytest.raises(ConfigError, match="exceeds the 365 days"):
         dates_lib.generate_pairs(dates_lib.DatesConfig(dates_count=400, dates_first_year=2001, dates_last_year=2001))
+
+
+def test_padding_uses_each_vocabulary_pad_index(tmp_path):
+    path = write(tmp_path, "a\tx y z\nb c d\tw\n")
+    src_vocab = Vocab(["a", "b", "c", "d", "<bos>", "<eos>", "<unk>", "<pad>"])
+    tgt_vocab = Vocab(["<unk>", "<pad>", "<eos>", "<bos>", "w", "x", "y", "z"])
+    data = tr.load_translation(config(path, valid_fraction=0.0, test_fraction=0.0, batch_size=2),
+                               src_vocab=src_vocab, tgt_vocab=tgt_vocab)
+    [batch] = data.eval_batches("train")
+    short = batch["index"].tolist().index(0)
+    assert batch["src"][short].tolist() == [0, 5] + [7] * 6
+    assert batch["tgt_in"][short].tolist() == [3, 5, 6, 7] + [1] * 4
+    assert batch["tgt_out"][1 - short].tolist() == [4, 2] + [1] * 6

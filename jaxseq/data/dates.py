@@ -12,20 +12,32 @@ Why this is a good first translation task for a small GRU encoder-decoder
 * **It needs alignment.** English writes "month day, year", French (German,
   Spanish, Italian, ...) "day month year", so the decoder cannot just emit the
   source in order: it must look back at the day while writing it before the
-  month. Attention shows this as an off-diagonal block in its heatmap, and a
-  model with attention learns it visibly faster than one without.
+  month. Attention shows this as an off-diagonal block in its heatmap.
 * **Numbers are written digit by digit** (``numbers="digits"``, the default).
   Whole numbers as tokens would make every day (31) and year (200) its own
-  word, each seen only ~80 times in 16k training pairs, and "translating" a
-  year would be a table lookup. As digits the vocabulary stays tiny (10
-  digits, 7 weekdays, 12 months, a little punctuation: about 30 words a side)
-  and the model must *copy* each digit from the right source position, in a
-  different order from the month name: an exact test of alignment, scored
-  without ambiguity (a date is right or wrong). ``numbers="whole"`` is there
-  for comparison.
-* **Sequences are short**: ``full`` English is 9-11 tokens (+ ``<eos>``),
-  French 7-9, so ``max_len=16`` holds every pair and a batch of 64 trains in
-  milliseconds.
+  word, each year seen only ~80 times in 16k training pairs, and
+  "translating" a year would be a table lookup. As digits the vocabulary
+  stays tiny (10 digits, 7 weekdays, 12 months, a comma: 30 words a side plus
+  the 4 reserved ones) and the model must *copy* each digit from the right
+  source position, in a different order from the month name: an exact test
+  of alignment, scored without ambiguity (a date is right or wrong).
+  ``numbers="whole"`` is there for comparison.
+* **Sequences are short**: ``full`` English is 9-10 tokens (10-11 with
+  ``<eos>``), French 7-8, so ``max_len=16`` holds every pair.
+* **It is learnable in a minute, and attention visibly helps.** Measured on
+  the 2-core CPU with a throwaway Flax GRU encoder-decoder (embedding 64,
+  hidden 128, Adam 3e-3, batches of 64, 16k training pairs; exact-match
+  accuracy of greedy decoding on the 2k validation dates):
+
+  ======================  =====  =====  =====  =====
+  steps                    100    150    200    300
+  ======================  =====  =====  =====  =====
+  attention, digits        33%    94%   100%   100%
+  no attention, digits      1%     8%    51%    95%
+  ======================  =====  =====  =====  =====
+
+  With whole-number tokens both learn more slowly (17% without and 26% with
+  attention after 250 steps, against 83% and 100% with digits).
 * **It is exact and unlimited**: the reference translation is unique, so
   accuracy (whole dates right) and BLEU near 100 are reachable, and a model
   that is wrong is wrong for a reason one can read.
@@ -39,11 +51,12 @@ source; that is detected and refused with a ConfigError rather than training
 on an unlearnable task.
 
 Babel may put U+00A0 (no-break space) or U+202F (narrow no-break space)
-into its output (e.g. Russian ``2026\u202fг.``); both become plain spaces
-before tokenising, so the same date always gives the same tokens. The
-strings come from the CLDR data shipped with the installed Babel; they have
-been stable for years for the default en -> fr pair, and the vocabulary
-fingerprint saved with a run changes if they ever do.
+into its output (Russian writes ``2026<U+202F>г.``); both become plain
+spaces before tokenising, so the same date always gives the same tokens.
+The strings come from the CLDR data shipped with the installed Babel (2.19
+here); they have been stable for years for the default en -> fr pair, and
+the tests pin a few of them, so a Babel that writes dates differently is
+noticed rather than silently giving another dataset.
 
 Tokens are: runs of letters, single digits (or whole numbers) and every
 other non-space character on its own (``,`` ``.`` ``-`` ``/``). Chinese and

@@ -37,7 +37,7 @@ class Recurrent(nn.Module):
         params = self.param("cell", lambda key: cell.init(key, in_size, self.hidden))
         params = jax.tree_util.tree_map(lambda p: p.astype(self.dtype), params)
         if self.vocab_size:
-            projected = {g: params[f"W_x{g}"][xs] + params[f"b_{g}"] for g in cell.gates}
+            projected = {g: cells.add_bias(params[f"W_x{g}"][xs], params[f"b_{g}"]) for g in cell.gates}
             return cells.run(cell, params, None, carry, projected=projected, mask=mask,
                              reverse=self.reverse, backward=self.backward)
         return cells.run(cell, params, xs.astype(self.dtype), carry, mask=mask, reverse=self.reverse,
