@@ -36,6 +36,10 @@ LSTM (``lstm``; gates ``i``, ``f``, ``o``, ``c``; carry ``(H, C)``)::
 
 The output layer ``O_t = H_t W_hq + b_q`` belongs to the model, not the cell.
 
+minGRU and minLSTM (``MINGRU``, ``MINLSTM``, :func:`run_min`), whose gates read
+only ``X_t`` so that a layer trains in parallel over time, have their own
+section at the end of this file.
+
 Parameters are flat dicts of per-gate arrays named as in the equations
 (``W_xr``, ``W_hr``, ``b_r``, ...): measured on this project's CPU, separate
 per-gate products in the scan body beat one fused ``(H, 3H)`` product split
@@ -247,12 +251,15 @@ def lengths_to_mask(lengths: Array, steps: int) -> Array:
 # The reference runner: lax.scan over cell.step, differentiated by JAX.
 # --------------------------------------------------------------------------------------
 
-def _scan_autodiff(cell: Cell, params: Params, xs_or_gx, carry: Carry, keep, reverse: bool, hoisted: bool):
+def _scan_autodiff(cell: Cell, params: Params, xs_or_gx, carry: Carry, keep, reverse: bool, hoisted: bool,
+                   remat: bool):
     def body(c, inp):
         x, m = inp
         gx = x if hoisted else cell.project_input(params, x)
         return _masked_core(cell, gx, cell.project_hidden(params, _hidden(c)), c, m)
 
+    if remat:
+        body = jax.checkpoint(body)
     return jax.lax.scan(body, carry, (xs_or_gx, keep), reverse=reverse)
 
 
@@ -260,32 +267,48 @@ def _scan_autodiff(cell: Cell, params: Params, xs_or_gx, carry: Carry, keep, rev
 # Hand-written backpropagation through time (jax.custom_vjp).
 # --------------------------------------------------------------------------------------
 
-def _forward_saving(cell, params, xs_or_gx, carry, keep, reverse, hoisted):
-    """Forward scan that also returns what the backward pass needs per step."""
+def _forward_saving(cell, params, inputs, carry, keep, reverse, hoisted, remat):
+    """Forward scan that also returns what the backward pass needs per step.
+
+    Saved per step: the carry before the step and, unless ``remat``, the
+    recurrent pre-activations ``a^h`` (and ``a^x`` when it is computed inside
+    the scan; a hoisted ``a^x`` is the function's own input). With ``remat``
+    the backward pass recomputes them from the saved carries.
+    """
     def body(c, inp):
         x, m = inp
         gx = x if hoisted else cell.project_input(params, x)
         gh = cell.project_hidden(params, _hidden(c))
         new, h = _masked_core(cell, gx, gh, c, m)
-        return new, (h, gx, gh, c)
+        saved_gh = None if remat else gh
+        saved_gx = None if (remat or hoisted) else gx
+        return new, (h, (c, saved_gh, saved_gx))
 
-    carry_T, (hs, gx_all, gh_all, carries) = jax.lax.scan(body, carry, (xs_or_gx, keep), reverse=reverse)
-    return carry_T, hs, (gx_all, gh_all, carries)
+    carry_T, (hs, saved) = jax.lax.scan(body, carry, (inputs, keep), reverse=reverse)
+    return carry_T, hs, saved
 
 
-def _backward_loop(cell, params, saved, keep, dcarry_T, dhs, reverse):
-    """Reverse-time scan carrying ``dH`` only; returns per-step ``dA^x``, ``dA^h``."""
-    gx_all, gh_all, carries = saved
+def _backward_loop(cell, params, inputs, saved, keep, dcarry_T, dhs, reverse, hoisted):
+    """Reverse-time scan carrying ``dH`` only; returns per-step ``dA^x``, ``dA^h``.
+
+    ``dH_{t-1} = dcore/dH_{t-1} + sum_g dA^h_{g,t} W_hg^T``.
+    """
+    carries, gh_all, gx_all = saved
+    xs = inputs if gx_all is None else None
 
     def body(dc, inp):
-        gx, gh, c, m, dh = inp
+        c, gh, gx, x, m, dh = inp
+        if gx is None:
+            gx = x if hoisted else cell.project_input(params, x)
+        if gh is None:
+            gh = cell.project_hidden(params, _hidden(c))
         _, vjp = jax.vjp(lambda gx_, gh_, c_: _masked_core(cell, gx_, gh_, c_, m), gx, gh, c)
         dgx, dgh, dc_prev = vjp((dc, dh))
         back = sum(dgh[g] @ params[f"W_h{g}"].T.astype(dgh[g].dtype) for g in cell.gates)
         return _add_to_hidden(dc_prev, back), (dgx, dgh)
 
     dcarry0, (dgx_all, dgh_all) = jax.lax.scan(
-        body, dcarry_T, (gx_all, gh_all, carries, keep, dhs), reverse=not reverse)
+        body, dcarry_T, (carries, gh_all, gx_all, xs, keep, dhs), reverse=not reverse)
     return dcarry0, dgx_all, dgh_all
 
 
@@ -304,58 +327,49 @@ def _recurrent_grads(cell, params, carries, dgh_all) -> dict[str, Array]:
     return grads
 
 
-def _zero_cotangent(keep):
-    return None if keep is None else np.zeros(keep.shape, jax.dtypes.float0)
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 5))
-def _recurrence_hoisted(cell, params_h, gx, carry, keep, reverse):
-    carry_T, hs, _ = _forward_saving(cell, params_h, gx, carry, keep, reverse, True)
-    return carry_T, hs
-
-
-def _hoisted_fwd(cell, params_h, gx, carry, keep, reverse):
-    carry_T, hs, saved = _forward_saving(cell, params_h, gx, carry, keep, reverse, True)
-    return (carry_T, hs), (params_h, saved, keep)
-
-
-def _hoisted_bwd(cell, reverse, res, cotangents):
-    params_h, saved, keep = res
-    dcarry_T, dhs = cotangents
-    dcarry0, dgx_all, dgh_all = _backward_loop(cell, params_h, saved, keep, dcarry_T, dhs, reverse)
-    return _recurrent_grads(cell, params_h, saved[2], dgh_all), dgx_all, dcarry0, _zero_cotangent(keep)
-
-
-_recurrence_hoisted.defvjp(_hoisted_fwd, _hoisted_bwd)
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 5))
-def _recurrence_step(cell, params, xs, carry, keep, reverse):
-    carry_T, hs, _ = _forward_saving(cell, params, xs, carry, keep, reverse, False)
-    return carry_T, hs
-
-
-def _step_fwd(cell, params, xs, carry, keep, reverse):
-    carry_T, hs, saved = _forward_saving(cell, params, xs, carry, keep, reverse, False)
-    return (carry_T, hs), (params, xs, saved, keep)
-
-
-def _step_bwd(cell, reverse, res, cotangents):
-    params, xs, saved, keep = res
-    dcarry_T, dhs = cotangents
-    dcarry0, dgx_all, dgh_all = _backward_loop(cell, params, saved, keep, dcarry_T, dhs, reverse)
-    grads = _recurrent_grads(cell, params, saved[2], dgh_all)
+def _input_grads(cell, params, xs, dgx_all) -> tuple[dict[str, Array], Array]:
+    """``dW_xg = sum_t X_t^T dA^x_g``, ``db_g = sum dA^x_g``, ``dX = sum_g dA^x_g W_xg^T``."""
     x = _flat(xs)
-    dxs = 0.0
+    grads, dxs = {}, 0.0
     for g in cell.gates:
         dgx = _flat(dgx_all[g])
         grads[f"W_x{g}"] = (x.T @ dgx).astype(params[f"W_x{g}"].dtype)
         grads[f"b_{g}"] = dgx.sum(0).astype(params[f"b_{g}"].dtype)
         dxs = dxs + dgx_all[g] @ params[f"W_x{g}"].T.astype(dgx.dtype)
-    return grads, dxs.astype(xs.dtype), dcarry0, _zero_cotangent(keep)
+    return grads, dxs.astype(xs.dtype)
 
 
-_recurrence_step.defvjp(_step_fwd, _step_bwd)
+def _zero_cotangent(keep):
+    return None if keep is None else np.zeros(keep.shape, jax.dtypes.float0)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 5, 6, 7))
+def _recurrence(cell, params, inputs, carry, keep, reverse, hoisted, remat):
+    """The layer with a hand-written VJP. ``inputs``: time-major ``xs`` (step
+    layout, ``params`` all weights) or the projections ``{g: a^x_g}``
+    (hoisted, ``params`` the recurrent weights only)."""
+    carry_T, hs, _ = _forward_saving(cell, params, inputs, carry, keep, reverse, hoisted, remat)
+    return carry_T, hs
+
+
+def _recurrence_fwd(cell, params, inputs, carry, keep, reverse, hoisted, remat):
+    carry_T, hs, saved = _forward_saving(cell, params, inputs, carry, keep, reverse, hoisted, remat)
+    return (carry_T, hs), (params, inputs, saved, keep)
+
+
+def _recurrence_bwd(cell, reverse, hoisted, remat, res, cotangents):
+    params, inputs, saved, keep = res
+    dcarry_T, dhs = cotangents
+    dcarry0, dgx_all, dgh_all = _backward_loop(cell, params, inputs, saved, keep, dcarry_T, dhs,
+                                               reverse, hoisted)
+    grads = _recurrent_grads(cell, params, saved[0], dgh_all)
+    if hoisted:
+        return grads, dgx_all, dcarry0, _zero_cotangent(keep)
+    input_grads, dxs = _input_grads(cell, params, inputs, dgx_all)
+    return {**grads, **input_grads}, dxs, dcarry0, _zero_cotangent(keep)
+
+
+_recurrence.defvjp(_recurrence_fwd, _recurrence_bwd)
 
 
 # --------------------------------------------------------------------------------------
@@ -365,7 +379,7 @@ _recurrence_step.defvjp(_step_fwd, _step_bwd)
 def run(cell: Cell, params: Params, xs: Array | None, carry: Carry | None = None, *,
         projected: dict[str, Array] | None = None, lengths: Array | None = None,
         mask: Array | None = None, reverse: bool = False, layout: str = "hoisted",
-        backward: str = "custom") -> tuple[Carry, Array]:
+        backward: str = "custom", remat: bool = False) -> tuple[Carry, Array]:
     """Run ``cell`` over a batch of sequences with ``jax.lax.scan``.
 
     Args:
@@ -382,6 +396,10 @@ def run(cell: Cell, params: Params, xs: Array | None, carry: Carry | None = None
       reverse: run from ``t = T-1`` down to 0 (outputs stay in time order).
       layout: ``"hoisted"`` or ``"step"`` (where the input projection is taken).
       backward: ``"custom"`` (hand-written BPTT) or ``"autodiff"``.
+      remat: keep only the carries for the backward pass and recompute the
+        gates there (less memory for long sequences, one more recurrent
+        product per step); with ``autodiff`` this is ``jax.checkpoint`` on
+        the scan body.
 
     Returns:
       ``(final_carry, hs)`` with ``hs`` of shape ``(B, T, H)``.
@@ -405,10 +423,221 @@ def run(cell: Cell, params: Params, xs: Array | None, carry: Carry | None = None
     if hoisted and projected is None:
         time_major = cell.project_input(params, time_major)
     if backward == "autodiff":
-        carry, hs = _scan_autodiff(cell, params, time_major, carry, keep, reverse, hoisted)
-    elif hoisted:
-        params_h = {k: params[k] for k in cell.recurrent_names()}
-        carry, hs = _recurrence_hoisted(cell, params_h, time_major, carry, keep, reverse)
+        carry, hs = _scan_autodiff(cell, params, time_major, carry, keep, reverse, hoisted, remat)
     else:
-        carry, hs = _recurrence_step(cell, params, time_major, carry, keep, reverse)
+        used = {k: params[k] for k in cell.recurrent_names()} if hoisted else params
+        carry, hs = _recurrence(cell, used, time_major, carry, keep, reverse, hoisted, remat)
     return carry, jnp.swapaxes(hs, 0, 1)
+
+
+# ======================================================================================
+# Minimal recurrences that train in parallel over time: minGRU and minLSTM
+# (Feng et al., 2024, "Were RNNs All We Needed?"). Independent of everything above.
+# ======================================================================================
+
+MIN_RUNNERS = ("parallel", "sequential")
+LOG_ZERO = -1e30   # log 0 as a finite number: exp() gives exactly 0, gradients stay finite
+
+
+def min_g(x: Array) -> Array:
+    """``g(x) = x + 1/2`` for ``x >= 0``, ``sigmoid(x)`` for ``x < 0``: positive, continuous, linear growth."""
+    return jnp.where(x >= 0, jax.nn.relu(x) + 0.5, jax.nn.sigmoid(x))
+
+
+def log_min_g(x: Array) -> Array:
+    """``log g(x)`` without forming ``g``: ``log(x + 1/2)`` or ``-softplus(-x)``."""
+    return jnp.where(x >= 0, jnp.log(jax.nn.relu(x) + 0.5), -jax.nn.softplus(-x))
+
+
+def _mingru_log_coeffs(gx: dict[str, Array]) -> tuple[Array, Array]:
+    """``log a_t = log(1 - Z_t) = -softplus(k_z)``; ``log b_t = -softplus(-k_z) + log g(k_h)``."""
+    k = gx["z"]
+    return -jax.nn.softplus(k), -jax.nn.softplus(-k) + log_min_g(gx["h"])
+
+
+def _minlstm_log_coeffs(gx: dict[str, Array]) -> tuple[Array, Array]:
+    """With ``d = log I_t - log F_t = softplus(-k_f) - softplus(-k_i)``:
+    ``log a_t = log F'_t = -softplus(d)``; ``log b_t = log I'_t + log g(k_h) = -softplus(-d) + log g(k_h)``."""
+    d = jax.nn.softplus(-gx["f"]) - jax.nn.softplus(-gx["i"])
+    return -jax.nn.softplus(d), -jax.nn.softplus(-d) + log_min_g(gx["h"])
+
+
+@dataclass(frozen=True)
+class MinCell:
+    """A minimal recurrence: gates that read only ``X_t``, so the state is linear in ``H_{t-1}``.
+
+    Every gate is an input projection ``k_g = X_t W_xg + b_g`` (B, H); no gate
+    sees ``H_{t-1}``. The cores:
+
+    minGRU (``mingru``; gates ``z``, ``h``)::
+
+        Z_t  = sigma(k_z)                                   update gate
+        H~_t = g(k_h)                                       candidate state
+        H_t  = (1 - Z_t) * H_{t-1} + Z_t * H~_t
+
+    minLSTM (``minlstm``; gates ``f``, ``i``, ``h``)::
+
+        F_t  = sigma(k_f),  I_t = sigma(k_i)                forget and input gates
+        F'_t = F_t / (F_t + I_t),  I'_t = I_t / (F_t + I_t)   normalised (time-independent scale)
+        H~_t = g(k_h)
+        H_t  = F'_t * H_{t-1} + I'_t * H~_t
+
+    with ``g`` = :func:`min_g`. Both are ``H_t = a_t * H_{t-1} + b_t`` with
+    ``a_t`` in (0, 1) and ``b_t > 0`` depending on ``X_t`` only, and are
+    computed from ``(log a_t, log b_t)`` (``log_coeffs``), as in the paper's
+    appendix. Linear steps compose associatively::
+
+        (a_1, b_1) then (a_2, b_2)  =  (a_1 a_2,  a_2 b_1 + b_2)
+        in log space:  (la_1 + la_2,  logaddexp(la_2 + lb_1, lb_2))
+
+    so ``(A_t, B_t)``, the composition of steps ``1..t``, comes from
+    ``jax.lax.associative_scan`` in O(log T) parallel depth and
+    ``H_t = A_t * H_0 + B_t`` for any initial state ``H_0`` (of any sign).
+    The carry is ``H`` ``(B, H)``; there is no output gate or separate memory.
+    """
+
+    name: str
+    gates: tuple[str, ...]
+    log_coeffs: Callable[[dict[str, Array]], tuple[Array, Array]]
+
+    def init(self, key: Array, input_size: int, hidden_size: int, dtype=jnp.float32) -> Params:
+        """Per-gate ``W_xg ~ N(0, 1/I)`` (LeCun) and ``b_g = 0``."""
+        params: Params = {}
+        for k, g in zip(jax.random.split(key, len(self.gates)), self.gates):
+            params[f"W_x{g}"] = (jax.random.normal(k, (input_size, hidden_size), dtype)
+                                 / math.sqrt(input_size)).astype(dtype)
+            params[f"b_{g}"] = jnp.zeros((hidden_size,), dtype)
+        return params
+
+    def hidden_size(self, params: Params) -> int:
+        return params[f"W_x{self.gates[0]}"].shape[1]
+
+    def initial_carry(self, batch_size: int, hidden_size: int, dtype=jnp.float32) -> Array:
+        return jnp.zeros((batch_size, hidden_size), dtype)
+
+    def project_input(self, params: Params, x: Array) -> dict[str, Array]:
+        """``k_g = X W_xg + b_g`` for every gate; ``x`` is ``(..., I)``, taken as one 2-D product."""
+        flat = x.reshape(-1, x.shape[-1])
+        return {g: add_bias(flat @ params[f"W_x{g}"].astype(x.dtype),
+                            params[f"b_{g}"].astype(x.dtype)).reshape(*x.shape[:-1], -1)
+                for g in self.gates}
+
+    def step(self, params: Params, carry: Array, x: Array) -> tuple[Array, Array]:
+        """One time step: ``x`` ``(B, I)`` -> ``(H_t, H_t)``, ``H_t = a_t * H_{t-1} + b_t``."""
+        h = min_update(carry, *self.log_coeffs(self.project_input(params, x)))
+        return h, h
+
+    def scan(self, params: Params, xs: Array, carry: Array | None = None, **kwargs) -> tuple[Array, Array]:
+        """Run over ``xs`` ``(B, T, I)``; see :func:`run_min` for the options."""
+        return run_min(self, params, xs, carry, **kwargs)
+
+
+MINGRU = MinCell("mingru", ("z", "h"), _mingru_log_coeffs)
+MINLSTM = MinCell("minlstm", ("f", "i", "h"), _minlstm_log_coeffs)
+MIN_CELLS: dict[str, MinCell] = {"mingru": MINGRU, "minlstm": MINLSTM}
+
+
+def get_min_cell(name: str) -> MinCell:
+    if name not in MIN_CELLS:
+        raise ConfigError(f"unknown minimal cell {name!r}; choose one of {', '.join(MIN_CELLS)}")
+    return MIN_CELLS[name]
+
+
+def min_update(h: Array, log_a: Array, log_b: Array) -> Array:
+    """The step shared by both runners: ``H_t = exp(log a_t) * H_{t-1} + exp(log b_t)``."""
+    return (jnp.exp(log_a) * h + jnp.exp(log_b)).astype(h.dtype)
+
+
+def _masked_log_coeffs(cell: MinCell, gx: dict[str, Array], keep: Array | None,
+                       resets: Array | None) -> tuple[Array, Array]:
+    """``(log a_t, log b_t)`` with a reset step ``a_t = 0`` (the state restarts from 0)
+    and a padded step ``a_t = 1, b_t = 0`` (the state is left as it was); ``keep``,
+    ``resets``: ``(..., B)`` booleans."""
+    log_a, log_b = cell.log_coeffs(gx)
+    if resets is not None:
+        log_a = jnp.where(resets[..., None], LOG_ZERO, log_a)
+    if keep is not None:
+        log_a = jnp.where(keep[..., None], log_a, 0.0)
+        log_b = jnp.where(keep[..., None], log_b, LOG_ZERO)
+    return log_a, log_b
+
+
+def _compose_log(first: tuple[Array, Array], second: tuple[Array, Array]) -> tuple[Array, Array]:
+    """``first`` then ``second`` for the affine maps ``h -> a h + b`` given as ``(log a, log b)``."""
+    la1, lb1 = first
+    la2, lb2 = second
+    return la1 + la2, jnp.logaddexp(la2 + lb1, lb2)
+
+
+def _min_parallel(log_a: Array, log_b: Array, h0: Array, reverse: bool) -> Array:
+    """All ``H_t`` ``(T, B, H)`` by ``associative_scan``: ``H_t = A_t * H_0 + B_t``."""
+    log_A, log_B = jax.lax.associative_scan(_compose_log, (log_a, log_b), reverse=reverse, axis=0)
+    return min_update(h0[None], log_A, log_B)
+
+
+def _min_sequential(log_a: Array, log_b: Array, h0: Array, reverse: bool) -> Array:
+    """All ``H_t`` ``(T, B, H)`` by ``lax.scan`` over :func:`min_update`, one step at a time."""
+    def body(h, coeffs):
+        h = min_update(h, *coeffs)
+        return h, h
+
+    return jax.lax.scan(body, h0, (log_a, log_b), reverse=reverse)[1]
+
+
+def run_min(cell: MinCell, params: Params, xs: Array | None, carry: Array | None = None, *,
+            projected: dict[str, Array] | None = None, lengths: Array | None = None,
+            mask: Array | None = None, resets: Array | None = None, reverse: bool = False,
+            runner: str = "parallel") -> tuple[Array, Array]:
+    """Run a minimal cell over a batch of sequences.
+
+    Args:
+      xs: inputs ``(B, T, I)``; or None when ``projected`` (``{g: k_g (B, T, H)}``,
+        biases included, e.g. embedding rows) is given.
+      carry: the initial state ``H_0`` ``(B, H)`` (zeros if None).
+      lengths: ``(B,)`` valid lengths, or ``mask``: ``(B, T)`` booleans. A masked
+        step leaves the state unchanged and outputs zeros, as in :func:`run`.
+      resets: ``(B, T)`` booleans: the state before a reset step is taken as 0
+        (``a_t = 0``), e.g. at document boundaries. Ignored on masked steps.
+      reverse: run from ``t = T-1`` down to 0 (outputs stay in time order).
+      runner: ``"parallel"`` (``lax.associative_scan`` in log space, for
+        training) or ``"sequential"`` (``lax.scan`` over the same step, as in
+        generation). Both compute the same function; JAX differentiates either.
+
+    Returns:
+      ``(final_state (B, H), hs (B, T, H))``; the final state is the state at
+      each sequence's true last step.
+    """
+    if runner not in MIN_RUNNERS:
+        raise ConfigError(f"runner must be one of {MIN_RUNNERS}, got {runner!r}")
+    gx = projected if projected is not None else cell.project_input(params, xs)
+    first = jax.tree_util.tree_leaves(gx)[0]
+    batch, steps, hidden = first.shape
+    dtype = first.dtype
+    if carry is None:
+        carry = cell.initial_carry(batch, hidden, dtype)
+    if lengths is not None:
+        if mask is not None:
+            raise ConfigError("give lengths or mask, not both")
+        mask = lengths_to_mask(lengths, steps)
+    keep = None if mask is None else jnp.swapaxes(jnp.asarray(mask, bool), 0, 1)          # (T, B)
+    resets = None if resets is None else jnp.swapaxes(jnp.asarray(resets, bool), 0, 1)   # (T, B)
+    # the recurrence in float32 at least (bfloat16 cannot hold a long log-space sum)
+    work = jnp.float64 if dtype == jnp.float64 else jnp.float32
+    gx = {g: jnp.swapaxes(a, 0, 1).astype(work) for g, a in gx.items()}
+    log_a, log_b = _masked_log_coeffs(cell, gx, keep, resets)
+    scan = _min_parallel if runner == "parallel" else _min_sequential
+    hs = scan(log_a, log_b, carry.astype(work), reverse)
+    final = hs[0] if reverse else hs[-1]
+    if keep is not None:
+        hs = jnp.where(keep[..., None], hs, 0.0)
+    return final.astype(dtype), jnp.swapaxes(hs, 0, 1).astype(dtype)
+
+
+def mingru(params: Params, xs: Array, carry: Array | None = None, **kwargs) -> tuple[Array, Array]:
+    """The minGRU over ``xs`` ``(B, T, I)`` -> ``(H_T (B, H), hs (B, T, H))``; options of :func:`run_min`."""
+    return run_min(MINGRU, params, xs, carry, **kwargs)
+
+
+def minlstm(params: Params, xs: Array, carry: Array | None = None, **kwargs) -> tuple[Array, Array]:
+    """The minLSTM over ``xs`` ``(B, T, I)`` -> ``(H_T (B, H), hs (B, T, H))``; options of :func:`run_min`."""
+    return run_min(MINLSTM, params, xs, carry, **kwargs)

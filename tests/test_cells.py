@@ -121,6 +121,7 @@ def test_custom_bptt_gradients_check_in_float64(name, layout):
 
 @pytest.mark.parametrize("name", CELL_NAMES)
 def test_all_variants_agree_in_value_and_gradient(name):
+    """Both layouts x both backward passes x remat on/off: one function, one gradient."""
     cell = cells.get_cell(name)
     p = _random_params(cell, jax.random.PRNGKey(3))
     xs = jax.random.normal(jax.random.PRNGKey(4), (3, 9, 5))
@@ -130,8 +131,14 @@ def test_all_variants_agree_in_value_and_gradient(name):
         carry, hs = cells.run(cell, p, xs, lengths=lengths, layout=layout, backward=backward)
         return (hs ** 2).sum() + sum((c ** 2).sum() for c in jax.tree_util.tree_leaves(carry))
 
+    def loss_remat(p, xs, layout, backward):
+        carry, hs = cells.run(cell, p, xs, lengths=lengths, layout=layout, backward=backward, remat=True)
+        return (hs ** 2).sum() + sum((c ** 2).sum() for c in jax.tree_util.tree_leaves(carry))
+
     grad = jax.jit(jax.value_and_grad(loss, argnums=(0, 1)), static_argnums=(2, 3))
+    grad_remat = jax.jit(jax.value_and_grad(loss_remat, argnums=(0, 1)), static_argnums=(2, 3))
     results = {v: grad(p, xs, *v) for v in VARIANTS}
+    results.update({v + ("remat",): grad_remat(p, xs, *v) for v in VARIANTS})
     ref_value, ref_grads = results[("step", "autodiff")]
     for value, grads in results.values():
         np.testing.assert_allclose(value, ref_value, rtol=1e-5)
