@@ -38,19 +38,16 @@ def _configure_logging() -> None:
 # ----------------------------------------------------------------------------------------
 
 def _lm_sections():
-    from jaxseq.data.lm import LMDataConfig
-    from jaxseq.models.lm import LMModelConfig
-    from jaxseq.ngram import NGramConfig
-    from jaxseq.optim import OptimConfig
-    from jaxseq.train import TrainConfig
-    return {"data": LMDataConfig, "model": LMModelConfig, "ngram": NGramConfig,
-            "optim": OptimConfig, "train": TrainConfig}
+    from jaxseq.tasks.lm import SECTIONS
+    return SECTIONS
 
 
 def _add_run_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workdir", type=Path, default=None,
                         help="run directory (default: runs/<task>-<model>-<time>)")
     parser.add_argument("--resume", action="store_true", help="continue the run in --workdir from its latest checkpoint")
+    parser.add_argument("--fallback", action="store_true",
+                        help="with --resume: if the latest checkpoint is refused, restore the newest good one")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -139,7 +136,8 @@ def _cmd_train_lm(args) -> int:
     run = lm.LMRun(**{name: from_args(cls, args) for name, cls in sections.items()})
     given = {name: given_flags(args, cls) for name, cls in sections.items()}
     workdir = Workdir(args.workdir or default_workdir("lm", run.model.model))
-    results = lm.train_lm(run, workdir, resume=args.resume, given=given, baseline=args.baseline)
+    results = lm.train_lm(run, workdir, resume=args.resume, given=given, baseline=args.baseline,
+                          fallback=args.fallback)
     return 128 + results["interrupted"] if results.get("interrupted") else 0
 
 

@@ -58,8 +58,11 @@ class TrainConfig:
     log_every: int = option(50, "log training metrics every N steps")
     checkpoint_every: int = option(1000, "checkpoint every N steps (and always at the end)")
     keep: int = option(3, "how many recent checkpoints to keep")
+    keep_best: bool = option(False, "also keep the checkpoint with the lowest validation loss (checkpoints/best)")
     label_smoothing: float = option(0.0, "label smoothing of the training loss")
-    devices: int | None = option(None, "devices for data parallelism (default: all)")
+    dtype: str = option("float32", "compute dtype (parameters and the loss stay float32)",
+                        choices=("float32", "bfloat16"))
+    remat: bool = option(False, "recompute activations in the backward pass (less memory, more compute)")
     progress: bool = option(True, "show a progress bar")
 
     def validate(self) -> None:
@@ -109,11 +112,12 @@ def init_params(model: nn.Module, batch: Batch, seed: int) -> Any:
 
 def create_state(model: nn.Module, tx: optax.GradientTransformation, batch: Batch, seed: int,
                  mesh: Mesh, carry: Any = None) -> TrainState:
-    """A fresh TrainState placed on ``mesh``: replicated, the carry split along the batch."""
+    """A fresh TrainState placed on ``mesh`` (see :func:`jaxseq.parallel.place_state`);
+    the carry is split along the batch."""
     params = init_params(model, batch, seed)
     state = TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
                        rng=jax.random.fold_in(jax.random.PRNGKey(seed), 1), carry=None)
-    state = parallel.replicate(state, mesh)
+    state = parallel.place_state(state, mesh)
     if carry is not None:
         state = state.replace(carry=parallel.shard_tree_along_batch(carry, mesh))
     return state
@@ -234,6 +238,14 @@ class MetricsLog:
             return []
         return [json.loads(line) for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
 
+    def truncate_after(self, step: int) -> None:
+        """Drop records logged after ``step`` (by a run that stopped before its next checkpoint)."""
+        if self.enabled and self.path.exists():
+            kept = [r for r in self.read(self.path) if r.get("step", 0) <= step]
+            tmp = self.path.with_name(self.path.name + ".tmp")
+            tmp.write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in kept), encoding="utf-8")
+            tmp.replace(self.path)
+
 
 class _StopSignals:
     """Turns SIGINT/SIGTERM into a flag the loop checks after each step."""
@@ -341,6 +353,8 @@ def fit(model: nn.Module, state: TrainState, tx: optax.GradientTransformation, b
             record.update(extra_eval(state.params))
         record.update(step=step, split="valid", wall_time=time.perf_counter() - t0)
         result.valid = record
+        if checkpointer is not None and config.keep_best and np.isfinite(record["nll"]):
+            checkpointer.save_best(step, record["nll"], state, batches.get_state(), dict(manifest or {}, step=step))
         metrics_log.write(record)
         result.history.append(record)
         shown = ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,14 @@ from jaxseq.config import dumps
 from jaxseq.errors import CheckpointError, ConfigError
 
 # settings that may change when a run is resumed (length and logistics, not the model or data)
-RESUMABLE = {"steps", "epochs", "eval_every", "log_every", "checkpoint_every", "keep", "progress", "devices"}
+RESUMABLE = {"steps", "epochs", "eval_every", "log_every", "checkpoint_every", "keep", "progress",
+             "devices", "fsdp", "distributed", "coordinator", "num_processes", "process_id"}
+
+
+def _is_writer() -> bool:
+    """Only process 0 of a multi-host run writes the shared files."""
+    import jax
+    return jax.process_index() == 0
 
 
 def default_workdir(task: str, model: str) -> Path:
@@ -57,10 +65,13 @@ class Workdir:
         return self.config_path.exists()
 
     def write_json(self, name: str, data: Any) -> None:
-        """Write atomically: a temporary file renamed into place."""
+        """Write atomically (a temporary file renamed into place), on process 0 only."""
+        if not _is_writer():
+            return
         self.path.mkdir(parents=True, exist_ok=True)
-        tmp = self.file(name + ".tmp")
-        tmp.write_text(dumps(data) + "\n", encoding="utf-8")
+        fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=self.path)
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(dumps(data) + "\n")
         os.replace(tmp, self.file(name))
 
     def read_json(self, name: str) -> Any:
@@ -102,6 +113,8 @@ class Workdir:
         which are updated. Returns the config to use.
         """
         if not resume:
+            if not _is_writer():       # process 0 checks and writes; the others follow it
+                return config
             if self.exists():
                 old = self.config()
                 raise CheckpointError(

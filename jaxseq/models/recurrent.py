@@ -29,6 +29,7 @@ class Recurrent(nn.Module):
     layout: str = "hoisted"
     backward: str = "custom"
     dtype: Any = jnp.float32
+    remat: bool = False
 
     @nn.compact
     def __call__(self, xs: Array, carry=None, mask: Array | None = None):
@@ -39,9 +40,9 @@ class Recurrent(nn.Module):
         if self.vocab_size:
             projected = {g: cells.add_bias(params[f"W_x{g}"][xs], params[f"b_{g}"]) for g in cell.gates}
             return cells.run(cell, params, None, carry, projected=projected, mask=mask,
-                             reverse=self.reverse, backward=self.backward)
+                             reverse=self.reverse, backward=self.backward, remat=self.remat)
         return cells.run(cell, params, xs.astype(self.dtype), carry, mask=mask, reverse=self.reverse,
-                         layout=self.layout, backward=self.backward)
+                         layout=self.layout, backward=self.backward, remat=self.remat)
 
 
 class StackedRecurrent(nn.Module):
@@ -62,6 +63,7 @@ class StackedRecurrent(nn.Module):
     layout: str = "hoisted"
     backward: str = "custom"
     dtype: Any = jnp.float32
+    remat: bool = False
 
     def initial_carry(self, batch_size: int):
         cell = cells.get_cell(self.cell)
@@ -77,7 +79,7 @@ class StackedRecurrent(nn.Module):
             if layer > 0 and self.dropout > 0:
                 xs = nn.Dropout(self.dropout, deterministic=not train)(xs)
             kwargs = dict(cell=self.cell, hidden=self.hidden, layout=self.layout, backward=self.backward,
-                          dtype=self.dtype, vocab_size=self.vocab_size if layer == 0 else None)
+                          dtype=self.dtype, remat=self.remat, vocab_size=self.vocab_size if layer == 0 else None)
             if self.bidirectional:
                 c_f, h_f = Recurrent(**kwargs, name=f"layer{layer}_fwd")(xs, carry[layer][0], mask)
                 c_b, h_b = Recurrent(**kwargs, reverse=True, name=f"layer{layer}_bwd")(xs, carry[layer][1], mask)

@@ -19,12 +19,13 @@ from jaxseq.errors import CheckpointError, ConfigError, DataError
 from jaxseq.models.lm import LMModelConfig, build_lm
 from jaxseq.ngram import NGramConfig, NGramLM
 from jaxseq.optim import OptimConfig, make_optimizer
-from jaxseq.tasks.common import Echo, array_fingerprint, echo_stdout, manifest, restore_params, warn
+from jaxseq.tasks.common import (Echo, array_fingerprint, compute_dtype, echo_stdout, manifest, restore_params,
+                                 warn)
 from jaxseq.workdir import Workdir
 
 DEFAULT_STEPS = 2000
 SECTIONS = {"data": LMDataConfig, "model": LMModelConfig, "ngram": NGramConfig,
-            "optim": OptimConfig, "train": train.TrainConfig}
+            "optim": OptimConfig, "train": train.TrainConfig, "parallel": parallel.ParallelConfig}
 
 
 @dataclasses.dataclass
@@ -36,6 +37,7 @@ class LMRun:
     ngram: NGramConfig
     optim: OptimConfig
     train: train.TrainConfig
+    parallel: parallel.ParallelConfig = dataclasses.field(default_factory=parallel.ParallelConfig)
 
     def to_dict(self) -> dict:
         return {"task": "lm", **{name: config_lib.to_dict(getattr(self, name)) for name in SECTIONS}}
@@ -53,6 +55,7 @@ class LMRun:
         else:
             self.optim.validate()
             self.train.validate()
+            self.parallel.validate()
 
 
 def _data_fingerprint(corpus) -> str:
@@ -67,9 +70,10 @@ def _load_vocab(workdir: Workdir) -> Vocab:
 
 
 def train_lm(run: LMRun, workdir: Workdir, *, resume: bool = False, given: dict | None = None,
-             baseline: bool = True, echo: Echo = echo_stdout) -> dict:
+             baseline: bool = True, fallback: bool = False, echo: Echo = echo_stdout) -> dict:
     """Train the language model of ``run`` into ``workdir``; returns the results."""
     run.validate()
+    parallel.initialize(run.parallel)     # before anything touches a device
     run = LMRun.from_dict(workdir.start(run.to_dict(), resume=resume, given=given), str(workdir.config_path))
     vocab = _load_vocab(workdir) if resume else None
     corpus = load_corpus(run.data, vocab=vocab)
@@ -80,7 +84,8 @@ def train_lm(run: LMRun, workdir: Workdir, *, resume: bool = False, given: dict 
         corpus.vocab.save(workdir.file("vocab.json"))
     if run.model.model == "ngram":
         return _train_ngram(run, corpus, workdir, echo)
-    return _train_neural(run, corpus, fingerprint, workdir, resume=resume, baseline=baseline, echo=echo)
+    return _train_neural(run, corpus, fingerprint, workdir, resume=resume, baseline=baseline, fallback=fallback,
+                         echo=echo)
 
 
 def _train_ngram(run: LMRun, corpus, workdir: Workdir, echo: Echo) -> dict:
@@ -105,11 +110,11 @@ def _trigram_baseline(corpus) -> dict:
 
 
 def _train_neural(run: LMRun, corpus, fingerprint: str, workdir: Workdir, *, resume: bool,
-                  baseline: bool, echo: Echo) -> dict:
-    mesh = parallel.make_mesh(run.train.devices)
+                  baseline: bool, fallback: bool, echo: Echo) -> dict:
+    mesh = parallel.mesh_from_config(run.parallel)
     parallel.check_batch_size(run.data.batch_size, mesh)
     vocab_size = len(corpus.vocab)
-    model = build_lm(run.model, vocab_size)
+    model = build_lm(run.model, vocab_size, dtype=compute_dtype(run.train), remat=run.train.remat)
     batches = LMBatches(corpus.train, seq_len=run.data.seq_len, batch_size=run.data.batch_size,
                         sampling=run.data.sampling, seed=run.train.seed,
                         shard=(jax.process_index(), jax.process_count()))
@@ -126,10 +131,13 @@ def _train_neural(run: LMRun, corpus, fingerprint: str, workdir: Workdir, *, res
                   if sequential else None)
     expected = manifest("lm", config_lib.to_dict(run.model), corpus.vocab.fingerprint(), state.params,
                         fingerprint)
-    checkpointer = Checkpointer(workdir.checkpoints, keep=run.train.keep)
+    checkpointer = Checkpointer(workdir.checkpoints, keep=run.train.keep, keep_best=run.train.keep_best)
+    metrics_log = train.MetricsLog(workdir.metrics, jax.process_index() == 0)
     if resume and checkpointer.latest_step() is not None:
-        state, data_state, step = checkpointer.restore(train.abstract_state(state), expected)
+        state, data_state, step = checkpointer.restore(train.abstract_state(state), expected,
+                                                       fallback=fallback, warn=warn)
         batches.set_state(data_state)
+        metrics_log.truncate_after(step)
         echo(f"resumed from step {step}")
     elif resume:
         raise CheckpointError(f"{workdir.checkpoints}: no checkpoint to resume from; train without --resume")
@@ -139,9 +147,7 @@ def _train_neural(run: LMRun, corpus, fingerprint: str, workdir: Workdir, *, res
     base = _trigram_baseline(corpus) if baseline else None
     result = train.fit(model, state, tx, batches, total_steps=total_steps, config=run.train, optim=run.optim,
                        mesh=mesh, valid_batches=valid, eval_carry=eval_carry, checkpointer=checkpointer,
-                       manifest=expected, metrics_log=train.MetricsLog(workdir.metrics,
-                                                                       jax.process_index() == 0),
-                       echo=echo)
+                       manifest=expected, metrics_log=metrics_log, echo=echo)
     checkpointer.close()
     step = int(jax.device_get(result.state.step))
     results = {"model": run.model.model, "step": step, "valid": result.valid, "train_seconds": result.seconds}
@@ -177,7 +183,7 @@ def load_run(workdir: Workdir) -> tuple[LMRun, Vocab]:
 
 
 def _load_neural(run: LMRun, vocab: Vocab, workdir: Workdir) -> tuple[Any, Any]:
-    model = build_lm(run.model, len(vocab))
+    model = build_lm(run.model, len(vocab), dtype=compute_dtype(run.train))
     tx = make_optimizer(run.optim, 1)
     b, t = run.data.batch_size, run.data.seq_len
     sample = {"inputs": np.zeros((b, t), np.int32), "targets": np.zeros((b, t), np.int32),
