@@ -65,6 +65,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_run_flags(lm)
     lm.add_argument("--baseline", action=argparse.BooleanOptionalAction, default=True,
                     help="also report a trigram Kneser-Ney baseline on the same split")
+    lm.add_argument("--sample", type=int, default=200, metavar="N",
+                    help="print a sample of N tokens after training (0: none)")
 
     try:
         from jaxseq.tasks import translate as translate_task
@@ -137,7 +139,7 @@ def _cmd_train_lm(args) -> int:
     given = {name: given_flags(args, cls) for name, cls in sections.items()}
     workdir = Workdir(args.workdir or default_workdir("lm", run.model.model))
     results = lm.train_lm(run, workdir, resume=args.resume, given=given, baseline=args.baseline,
-                          fallback=args.fallback)
+                          fallback=args.fallback, sample_length=args.sample)
     return 128 + results["interrupted"] if results.get("interrupted") else 0
 
 
@@ -224,9 +226,10 @@ def _cmd_data(args) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list | None = None) -> int:
+    """Run the command line ``argv`` (default ``sys.argv[1:]``); returns the exit status."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(None if argv is None else [str(a) for a in argv])
     _configure_logging()
     from jaxseq.errors import JaxseqError
 

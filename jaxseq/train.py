@@ -363,7 +363,7 @@ def fit(model: nn.Module, state: TrainState, tx: optax.GradientTransformation, b
         window["time"] += time.perf_counter() - t   # validation time is not training time
 
     def save(step: int) -> None:
-        if checkpointer is None:
+        if checkpointer is None or step in checkpointer.steps():   # saved already (a resumed or stopped run)
             return
         flush(step)
         checkpointer.save(step, state, batches.get_state(), dict(manifest or {}, step=step))

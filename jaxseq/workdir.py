@@ -105,22 +105,21 @@ class Workdir:
                                   "pick the right --workdir")
         return config
 
-    def start(self, config: dict, *, resume: bool, given: dict[str, dict] | None = None) -> dict:
-        """Begin a run: a new one (refusing to overwrite) or a resumed one.
+    def plan(self, config: dict, *, resume: bool, given: dict[str, dict] | None = None) -> dict:
+        """The config a new or resumed run will use; checks, but writes nothing.
 
-        On ``resume`` the saved config wins; flags given now must agree with
-        it except for the run-length and logistics settings in ``RESUMABLE``,
-        which are updated. Returns the config to use.
+        A new run refuses a directory that already holds one. On ``resume``
+        the saved config wins; flags given now must agree with it except for
+        the run-length and logistics settings in ``RESUMABLE``, which are
+        updated. Write the result with :meth:`save_config` once the data and
+        model have been checked, so a refused run leaves nothing behind.
         """
         if not resume:
-            if not _is_writer():       # process 0 checks and writes; the others follow it
-                return config
-            if self.exists():
+            if _is_writer() and self.exists():
                 old = self.config()
                 raise CheckpointError(
                     f"{self.path}: already holds a {old['task']} run (model {old.get('model', {}).get('model')}); "
                     "add --resume to continue it or choose a new --workdir")
-            self.write_json("config.json", config)
             return config
         if not self.exists():
             raise CheckpointError(f"{self.path}: nothing to resume (no config.json); train without --resume first")
@@ -135,5 +134,13 @@ class Workdir:
                 elif old != value:
                     raise ConfigError(f"--{name.replace('_', '-')} {value} differs from the run being resumed "
                                       f"({old}); drop the flag or use a new --workdir")
-        self.write_json("config.json", saved)
         return saved
+
+    def save_config(self, config: dict) -> None:
+        self.write_json("config.json", config)
+
+    def start(self, config: dict, *, resume: bool, given: dict[str, dict] | None = None) -> dict:
+        """:meth:`plan` and :meth:`save_config` at once."""
+        config = self.plan(config, resume=resume, given=given)
+        self.save_config(config)
+        return config

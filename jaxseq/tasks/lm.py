@@ -70,22 +70,35 @@ def _load_vocab(workdir: Workdir) -> Vocab:
 
 
 def train_lm(run: LMRun, workdir: Workdir, *, resume: bool = False, given: dict | None = None,
-             baseline: bool = True, fallback: bool = False, echo: Echo = echo_stdout) -> dict:
+             baseline: bool = True, fallback: bool = False, sample_length: int = 200,
+             echo: Echo = echo_stdout) -> dict:
     """Train the language model of ``run`` into ``workdir``; returns the results."""
     run.validate()
     parallel.initialize(run.parallel)     # before anything touches a device
-    run = LMRun.from_dict(workdir.start(run.to_dict(), resume=resume, given=given), str(workdir.config_path))
+    config = workdir.plan(run.to_dict(), resume=resume, given=given)
+    run = LMRun.from_dict(config, str(workdir.config_path))
     vocab = _load_vocab(workdir) if resume else None
-    corpus = load_corpus(run.data, vocab=vocab)
+    corpus = load_corpus(run.data, vocab=vocab)        # refuses bad data before anything is written
     fingerprint = _data_fingerprint(corpus)
     echo(f"data: {corpus.source}, {len(corpus.train):,} training and {len(corpus.valid):,} validation "
          f"{run.data.tokens} tokens, vocabulary {len(corpus.vocab)}")
+    if run.model.model != "ngram":
+        _check_batches(run, corpus)
+    workdir.save_config(config)
     if not resume and jax.process_index() == 0:
         corpus.vocab.save(workdir.file("vocab.json"))
     if run.model.model == "ngram":
         return _train_ngram(run, corpus, workdir, echo)
     return _train_neural(run, corpus, fingerprint, workdir, resume=resume, baseline=baseline, fallback=fallback,
-                         echo=echo)
+                         sample_length=sample_length, echo=echo)
+
+
+def _check_batches(run: LMRun, corpus) -> None:
+    """Refuse data too short for one training batch or an evaluation, before compiling."""
+    LMBatches(corpus.train, seq_len=run.data.seq_len, batch_size=run.data.batch_size)
+    if len(corpus.valid) < 2:
+        raise DataError(f"{corpus.source}: the validation split has {len(corpus.valid)} token(s); "
+                        "raise --valid-fraction or give more text")
 
 
 def _train_ngram(run: LMRun, corpus, workdir: Workdir, echo: Echo) -> dict:
@@ -110,7 +123,7 @@ def _trigram_baseline(corpus) -> dict:
 
 
 def _train_neural(run: LMRun, corpus, fingerprint: str, workdir: Workdir, *, resume: bool,
-                  baseline: bool, fallback: bool, echo: Echo) -> dict:
+                  baseline: bool, fallback: bool, sample_length: int, echo: Echo) -> dict:
     mesh = parallel.mesh_from_config(run.parallel)
     parallel.check_batch_size(run.data.batch_size, mesh)
     vocab_size = len(corpus.vocab)
@@ -165,12 +178,14 @@ def _train_neural(run: LMRun, corpus, fingerprint: str, workdir: Workdir, *, res
     line = f"{run.model.model}: validation perplexity {v.get('perplexity', float('nan')):.3f}"
     if base is not None:
         line += f" (trigram Kneser-Ney baseline: {base['perplexity']:.3f})"
-    echo(line + f"; trained {step} steps in {result.seconds:.1f}s")
-    prefix = corpus.valid[: min(10, len(corpus.valid))] if run.data.tokens == "char" else corpus.valid[:3]
-    sample = decode.generate(model, result.state.params, prefix[None], 200, key=jax.random.PRNGKey(0),
-                             temperature=0.8)
-    echo("sample: " + repr(text_lib.detokenize(corpus.vocab.decode(np.concatenate([prefix, np.asarray(sample[0])])),
-                                               run.data.tokens)))
+    echo(line + f"; at step {step} after {result.seconds:.1f}s of training in this run")
+    if sample_length > 0:
+        prefix = corpus.valid[: min(10, len(corpus.valid))] if run.data.tokens == "char" else corpus.valid[:3]
+        sample = decode.generate(model, result.state.params, prefix[None], sample_length,
+                                 key=jax.random.PRNGKey(0), temperature=0.8)
+        text = text_lib.detokenize(corpus.vocab.decode(np.concatenate([prefix, np.asarray(sample[0])])),
+                                   run.data.tokens)
+        echo("sample: " + repr(text))
     echo(f"work directory: {workdir}")
     return results
 
