@@ -7,6 +7,16 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("MPLBACKEND", "Agg")
 
+import tempfile  # noqa: E402
+
+# One persistent compilation cache for the session, shared with the CLI subprocesses the tests
+# start: the same small programs are compiled by many tests, and on 2 cores compiling dominates.
+_CACHE = None if "JAX_COMPILATION_CACHE_DIR" in os.environ else tempfile.mkdtemp(prefix="jaxseq-xla-cache-")
+if _CACHE:
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = _CACHE
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
+
 import jax  # noqa: E402
 
 jax.config.update("jax_numpy_rank_promotion", "raise")
@@ -21,3 +31,9 @@ def tmp_cache(tmp_path, monkeypatch):
     cache = tmp_path / "cache"
     monkeypatch.setenv("JAXSEQ_DATA", str(cache))
     return cache
+
+
+def pytest_sessionfinish(session, exitstatus):
+    if _CACHE:
+        import shutil
+        shutil.rmtree(_CACHE, ignore_errors=True)
