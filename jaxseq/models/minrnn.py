@@ -1,0 +1,143 @@
+"""Language models of stacked minGRU / minLSTM layers (Feng et al., 2024).
+
+The recurrences are :class:`jaxseq.cells.MinCell` (equations there); these
+modules only own parameters and arrange the layers, nanoGPT-style, as the
+paper's language-model experiments do: an embedding, ``L`` pre-norm residual
+blocks, a final layer norm and the output layer::
+
+    X^0   = E[x_t]                                            (B, T, D)   D = --hidden
+    U     = X^{l-1} + Drop(minRNN(LN(X^{l-1})) W_o)          (B, T, D)   W_o only if --expansion != 1
+    X^l   = U + Drop(gelu(LN(U) W_1 + c_1) W_2 + c_2)         (B, T, D)   the MLP, of width --mlp-ratio * D
+    O_t   = LN(X^L_t) W_hq + b_q                              (B, T, V)
+
+The recurrence inside a block is ``round(expansion * D)`` wide. Training runs
+the recurrence with ``lax.associative_scan`` (``runner="parallel"``); the
+decoding step feeds one token through the same step function with
+``lax.scan`` (``runner="sequential"``). The carry is one ``(B, expansion*D)``
+state per layer.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from jaxseq import cells
+from jaxseq.models.recurrent import apply_dense_2d
+
+Array = jax.Array
+
+
+def inner_width(hidden: int, expansion: float) -> int:
+    """Width of the recurrence inside a block: ``round(expansion * hidden)``, at least 1."""
+    return max(1, int(round(expansion * hidden)))
+
+
+class MinRecurrent(nn.Module):
+    """One minGRU / minLSTM layer over ``xs`` ``(B, T, I)`` -> ``(H_T (B, H), hs (B, T, H))``."""
+
+    cell: str = "mingru"
+    hidden: int = 256
+    reverse: bool = False
+    runner: str = "parallel"
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, xs: Array, carry: Array | None = None, mask: Array | None = None, *,
+                 runner: str | None = None):
+        cell = cells.get_min_cell(self.cell)
+        params = self.param("cell", lambda key: cell.init(key, xs.shape[-1], self.hidden))
+        params = jax.tree_util.tree_map(lambda p: p.astype(self.dtype), params)
+        return cells.run_min(cell, params, xs.astype(self.dtype), carry, mask=mask, reverse=self.reverse,
+                             runner=runner or self.runner)
+
+
+class MinBlock(nn.Module):
+    """One pre-norm residual block: the recurrence, then the MLP (see the module docstring)."""
+
+    cell: str = "mingru"
+    hidden: int = 256
+    expansion: float = 1.0
+    mlp_ratio: int = 4
+    dropout: float = 0.0
+    runner: str = "parallel"
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: Array, carry: Array, *, train: bool, runner: str | None = None):
+        inner = inner_width(self.hidden, self.expansion)
+        drop = nn.Dropout(self.dropout, deterministic=not train)
+        y = nn.LayerNorm(dtype=self.dtype, name="norm_rnn")(x)
+        carry, y = MinRecurrent(cell=self.cell, hidden=inner, runner=self.runner, dtype=self.dtype,
+                                name="rnn")(y, carry, runner=runner)
+        if inner != self.hidden:
+            y = apply_dense_2d(nn.Dense(self.hidden, dtype=self.dtype, name="proj"), y)
+        x = x + drop(y)
+        if self.mlp_ratio:
+            y = nn.LayerNorm(dtype=self.dtype, name="norm_mlp")(x)
+            y = jax.nn.gelu(apply_dense_2d(nn.Dense(self.mlp_ratio * self.hidden, dtype=self.dtype,
+                                                    name="mlp_in"), y))
+            x = x + drop(apply_dense_2d(nn.Dense(self.hidden, dtype=self.dtype, name="mlp_out"), y))
+        return x, carry
+
+
+class MinRNNLM(nn.Module):
+    """A language model of stacked minGRU / minLSTM blocks; same contract as ``RNNLM``."""
+
+    vocab_size: int
+    cell: str = "mingru"
+    hidden: int = 256
+    layers: int = 1
+    expansion: float = 1.0
+    mlp_ratio: int = 4
+    dropout: float = 0.0
+    runner: str = "parallel"
+    dtype: Any = jnp.float32
+
+    target_key: ClassVar[str] = "targets"
+    recurrent: ClassVar[bool] = True
+
+    def setup(self):
+        self.embed = nn.Embed(self.vocab_size, self.hidden, name="embed")
+        self.blocks = [MinBlock(cell=self.cell, hidden=self.hidden, expansion=self.expansion,
+                                mlp_ratio=self.mlp_ratio, dropout=self.dropout, runner=self.runner,
+                                dtype=self.dtype, name=f"block{i}") for i in range(self.layers)]
+        self.norm = nn.LayerNorm(dtype=self.dtype, name="norm")
+        self.drop = nn.Dropout(self.dropout)
+        self.out = nn.Dense(self.vocab_size, dtype=self.dtype, name="out")
+
+    def initial_carry(self, batch_size: int):
+        """Zero states, one ``(B, expansion * hidden)`` per layer (no parameters needed)."""
+        inner = inner_width(self.hidden, self.expansion)
+        return tuple(jnp.zeros((batch_size, inner), self.dtype) for _ in range(self.layers))
+
+    def _forward(self, tokens: Array, carry, train: bool, runner: str | None = None):
+        x = self.drop(self.embed(tokens).astype(self.dtype), deterministic=not train)
+        finals = []
+        for block, c in zip(self.blocks, carry):
+            x, c = block(x, c, train=train, runner=runner)
+            finals.append(c)
+        return apply_dense_2d(self.out, self.norm(x)), tuple(finals)
+
+    def __call__(self, batch: dict[str, Array], *, train: bool = False, carry=None):
+        """``batch["inputs"]`` ``(B, T)`` -> ``(logits (B, T, V), carry)``."""
+        tokens = batch["inputs"]
+        if carry is None:
+            carry = self.initial_carry(tokens.shape[0])
+        return self._forward(tokens, carry, train)
+
+    def decode_init(self, batch: dict[str, Array]):
+        """The state after reading ``batch["inputs"]`` ``(B, P)`` (P may be 0), in parallel."""
+        tokens = batch["inputs"]
+        carry = self.initial_carry(tokens.shape[0])
+        if tokens.shape[1] == 0:
+            return carry
+        return self._forward(tokens, carry, False)[1]
+
+    def decode_step(self, state, tokens: Array):
+        """``tokens`` ``(B,)`` -> ``(logits (B, V), state)``: one step of the sequential runner."""
+        logits, state = self._forward(tokens[:, None], state, False, runner="sequential")
+        return logits[:, 0], state
