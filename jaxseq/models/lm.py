@@ -28,7 +28,9 @@ from jaxseq.models.recurrent import StackedRecurrent, apply_dense_2d
 
 Array = jax.Array
 RNN_MODELS = ("rnn", "gru", "lstm")
-LM_MODELS = ("ngram",) + RNN_MODELS
+MIN_MODELS = ("mingru", "minlstm")     # jaxseq.models.minrnn
+TRANSFORMER_MODELS = ("transformer",)   # jaxseq.models.transformer_lm
+LM_MODELS = ("ngram",) + RNN_MODELS + MIN_MODELS + TRANSFORMER_MODELS
 
 
 @dataclass(frozen=True)
@@ -45,6 +47,22 @@ class LMModelConfig:
                          choices=cells.LAYOUTS)
     backward: str = option("custom", "backpropagation through time: hand-written (custom) or JAX's",
                            choices=cells.BACKWARDS)
+    expansion: float = option(1.0, "mingru/minlstm: width of the recurrence as a multiple of --hidden")
+    mlp_ratio: int = option(4, "mingru/minlstm: MLP width of each block as a multiple of --hidden (0: no MLP)")
+    min_runner: str = option("parallel", "mingru/minlstm: training runs the recurrence as an associative scan "
+                             "(parallel) or a lax.scan (sequential; faster on a 2-core CPU, see benchmarks)",
+                             choices=cells.MIN_RUNNERS)
+    d_model: int = option(128, "transformer: width of the residual stream")
+    heads: int = option(4, "transformer: attention heads (must divide --d-model)")
+    ffn: int | None = option(None, "transformer: hidden units of the feed-forward layers (default 4 x --d-model)")
+    ffn_activation: str = option("relu", "transformer: nonlinearity of the feed-forward layers (gelu: tanh form)",
+                                 choices=("relu", "gelu"))
+    positional: str = option("sinusoidal", "transformer: position encoding", choices=("sinusoidal", "learned"))
+    norm: str = option("post", "transformer: layer norm after each residual addition (post, the paper's) "
+                       "or before each sublayer (pre, GPT-2's)", choices=("post", "pre"))
+    context: int | None = option(None, "transformer: the most positions it reads (decode cache, learned "
+                                 "positions; default --seq-len); longer generation slides a window")
+    scan_layers: bool = option(False, "transformer: run the blocks as one nn.scan (compile time flat in depth)")
 
     def validate(self) -> None:
         if self.model not in LM_MODELS:
@@ -56,6 +74,18 @@ class LMModelConfig:
             raise ConfigError(f"--embedding must be a positive size or none, got {self.embedding}")
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"--dropout must lie in [0, 1), got {self.dropout}")
+        if self.expansion <= 0 or self.mlp_ratio < 0:
+            raise ConfigError(f"--expansion must be > 0 and --mlp-ratio >= 0, "
+                              f"got {self.expansion} and {self.mlp_ratio}")
+        if self.model in MIN_MODELS and self.embedding not in (None, self.hidden):
+            raise ConfigError(f"--model {self.model} embeds tokens in --hidden dimensions; drop --embedding")
+        if self.model in TRANSFORMER_MODELS:
+            for name in ("d_model", "heads", "ffn", "context"):
+                value = getattr(self, name)
+                if value is not None and value < 1:
+                    raise ConfigError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
+            if self.d_model % self.heads:
+                raise ConfigError(f"--d-model {self.d_model} is not divisible by --heads {self.heads}")
 
 
 class RNNLM(nn.Module):
@@ -70,6 +100,7 @@ class RNNLM(nn.Module):
     layout: str = "hoisted"
     backward: str = "custom"
     dtype: Any = jnp.float32
+    remat: bool = False
 
     target_key: ClassVar[str] = "targets"
     recurrent: ClassVar[bool] = True
@@ -79,7 +110,7 @@ class RNNLM(nn.Module):
         self.rnn = StackedRecurrent(cell=self.cell, hidden=self.hidden, layers=self.layers,
                                     dropout=self.dropout, layout=self.layout, backward=self.backward,
                                     vocab_size=None if self.embedding else self.vocab_size,
-                                    dtype=self.dtype, name="rnn")
+                                    dtype=self.dtype, remat=self.remat, name="rnn")
         self.drop = nn.Dropout(self.dropout)
         self.out = nn.Dense(self.vocab_size, dtype=self.dtype, name="out")
 
@@ -119,12 +150,33 @@ class RNNLM(nn.Module):
         return logits[:, 0], state
 
 
-def build_lm(config: LMModelConfig, vocab_size: int, dtype: Any = jnp.float32) -> nn.Module:
-    """The Linen module for ``config`` (not the n-gram model, which is not neural)."""
+def build_lm(config: LMModelConfig, vocab_size: int, dtype: Any = jnp.float32, remat: bool = False, *,
+             seq_len: int | None = None) -> nn.Module:
+    """The Linen module for ``config`` (not the n-gram model, which is not neural).
+
+    ``seq_len``: the training window, the Transformer's default ``context``.
+    """
     config.validate()
     if config.model in RNN_MODELS:
         cell = "rnn-relu" if config.model == "rnn" and config.activation == "relu" else config.model
         return RNNLM(vocab_size=vocab_size, cell=cell, hidden=config.hidden, layers=config.layers,
                      embedding=config.embedding, dropout=config.dropout, layout=config.layout,
-                     backward=config.backward, dtype=dtype)
+                     backward=config.backward, dtype=dtype, remat=remat)
+    if config.model in MIN_MODELS:
+        from jaxseq.models.minrnn import MinRNNLM
+        return MinRNNLM(vocab_size=vocab_size, cell=config.model, hidden=config.hidden, layers=config.layers,
+                        expansion=config.expansion, mlp_ratio=config.mlp_ratio, dropout=config.dropout,
+                        runner=config.min_runner, dtype=dtype)
+    if config.model in TRANSFORMER_MODELS:
+        from jaxseq.models.transformer_lm import TransformerLM
+        context = config.context or seq_len
+        if context is None:
+            raise ConfigError("--model transformer needs --context (or the training --seq-len)")
+        if seq_len is not None and seq_len > context:
+            raise ConfigError(f"--seq-len {seq_len} is longer than --context {context}; raise --context")
+        return TransformerLM(vocab_size=vocab_size, context=context, d_model=config.d_model,
+                             num_heads=config.heads, num_layers=config.layers, ffn=config.ffn,
+                             dropout=config.dropout, positional=config.positional, norm=config.norm,
+                             activation=config.ffn_activation, scan_layers=config.scan_layers, remat=remat,
+                             dtype=dtype)
     raise ConfigError(f"--model {config.model} is not a neural language model")
