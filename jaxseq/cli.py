@@ -151,7 +151,7 @@ def _cmd_train_translate(args) -> int:
     run = translate.TranslateRun(**{n: from_args(c, args) for n, c in translate.SECTIONS.items()})
     given = {n: given_flags(args, c) for n, c in translate.SECTIONS.items()}
     workdir = Workdir(args.workdir or default_workdir("translate", run.model.model))
-    results = translate.train_translate(run, workdir, resume=args.resume, given=given)
+    results = translate.train_translate(run, workdir, resume=args.resume, given=given, fallback=args.fallback)
     return 128 + results["interrupted"] if results.get("interrupted") else 0
 
 

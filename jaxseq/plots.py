@@ -1,4 +1,4 @@
-"""Plots written as PNG files (corpus statistics; later learning curves, attention heatmaps).
+"""Plots written as PNG files: corpus statistics, learning curves, attention heatmaps.
 
 matplotlib is imported only when a plot is drawn, and with the non-interactive
 ``Agg`` backend unless the caller has already imported ``pyplot`` (and so
@@ -104,4 +104,29 @@ def learning_curve(metrics_path: str | os.PathLike, path: str | os.PathLike,
         axes[0, 1].set_xlabel("step")
         axes[0, 1].set_ylabel("BLEU (validation)")
         axes[0, 1].grid(True, alpha=0.3)
+    return save_figure(fig, path)
+
+
+def attention_heatmap(weights, src_tokens: Sequence[str], tgt_tokens: Sequence[str],
+                      path: str | os.PathLike, title: str = "attention") -> Path:
+    """Attention weights as a heatmap: one row per target token, one column per source token.
+
+    ``weights`` is ``(T, S)``: row ``t`` is the distribution over source
+    positions the decoder used when writing ``tgt_tokens[t]``; it is cut to
+    ``(len(tgt_tokens), len(src_tokens))`` (padding columns are not drawn).
+    """
+    w = np.asarray(weights, np.float64)
+    if w.ndim != 2 or w.shape[0] < len(tgt_tokens) or w.shape[1] < len(src_tokens):
+        raise DataError(f"attention_heatmap: weights of shape {w.shape} do not cover "
+                        f"{len(tgt_tokens)} target x {len(src_tokens)} source tokens")
+    w = w[:len(tgt_tokens), :len(src_tokens)]
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(0.45 * len(src_tokens) + 2.5, 0.4 * len(tgt_tokens) + 1.8))
+    image = ax.imshow(w, cmap="Reds", vmin=0.0, vmax=1.0, aspect="auto")
+    ax.set_xticks(range(len(src_tokens)), list(src_tokens), rotation=90)
+    ax.set_yticks(range(len(tgt_tokens)), list(tgt_tokens))
+    ax.set_xlabel("source")
+    ax.set_ylabel("target")
+    ax.set_title(title)
+    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
     return save_figure(fig, path)

@@ -4,23 +4,24 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from typing import Any
+from typing import Any, ClassVar
 
 import jax
 import numpy as np
 
 from jaxseq import config as config_lib
 from jaxseq import decode, parallel, train
-from jaxseq.checkpoint import Checkpointer, tree_signature
+from jaxseq.checkpoint import tree_signature
 from jaxseq.data import text as text_lib
 from jaxseq.data.lm import LMBatches, LMDataConfig, eval_batches, load_corpus, tokens_from_config
 from jaxseq.data.vocab import Vocab
-from jaxseq.errors import CheckpointError, ConfigError, DataError
+from jaxseq.errors import ConfigError, DataError
 from jaxseq.models.lm import LMModelConfig, build_lm
 from jaxseq.ngram import NGramConfig, NGramLM
 from jaxseq.optim import OptimConfig, make_optimizer
-from jaxseq.tasks.common import (Echo, array_fingerprint, compute_dtype, echo_stdout, manifest, restore_params,
-                                 warn)
+from jaxseq.tasks.common import (Echo, RunConfig, array_fingerprint, compute_dtype, count_params, echo_stdout,
+                                 fit_in_workdir, load_vocab, manifest, restore_params, stopped_early, warn_unknown,
+                                 write_results)
 from jaxseq.workdir import Workdir
 
 DEFAULT_STEPS = 2000
@@ -29,8 +30,11 @@ SECTIONS = {"data": LMDataConfig, "model": LMModelConfig, "ngram": NGramConfig,
 
 
 @dataclasses.dataclass
-class LMRun:
+class LMRun(RunConfig):
     """The configs of a language-model run."""
+
+    TASK: ClassVar[str] = "lm"
+    SECTIONS: ClassVar[dict[str, type]] = SECTIONS
 
     data: LMDataConfig
     model: LMModelConfig
@@ -38,14 +42,6 @@ class LMRun:
     optim: OptimConfig
     train: train.TrainConfig
     parallel: parallel.ParallelConfig = dataclasses.field(default_factory=parallel.ParallelConfig)
-
-    def to_dict(self) -> dict:
-        return {"task": "lm", **{name: config_lib.to_dict(getattr(self, name)) for name in SECTIONS}}
-
-    @classmethod
-    def from_dict(cls, data: dict, where: str) -> "LMRun":
-        return cls(**{name: config_lib.from_dict(kind, data.get(name, {}), where=where)
-                      for name, kind in SECTIONS.items()})
 
     def validate(self) -> None:
         self.data.validate()
@@ -62,13 +58,6 @@ def _data_fingerprint(corpus) -> str:
     return array_fingerprint(corpus.train, corpus.valid)
 
 
-def _load_vocab(workdir: Workdir) -> Vocab:
-    path = workdir.file("vocab.json")
-    if not path.exists():
-        raise CheckpointError(f"{path}: missing; the work directory is incomplete")
-    return Vocab.load(path)
-
-
 def train_lm(run: LMRun, workdir: Workdir, *, resume: bool = False, given: dict | None = None,
              baseline: bool = True, fallback: bool = False, sample_length: int = 200,
              echo: Echo = echo_stdout) -> dict:
@@ -77,7 +66,7 @@ def train_lm(run: LMRun, workdir: Workdir, *, resume: bool = False, given: dict 
     parallel.initialize(run.parallel)     # before anything touches a device
     config = workdir.plan(run.to_dict(), resume=resume, given=given)
     run = LMRun.from_dict(config, str(workdir.config_path))
-    vocab = _load_vocab(workdir) if resume else None
+    vocab = load_vocab(workdir) if resume else None
     corpus = load_corpus(run.data, vocab=vocab)        # refuses bad data before anything is written
     fingerprint = _data_fingerprint(corpus)
     echo(f"data: {corpus.source}, {len(corpus.train):,} training and {len(corpus.valid):,} validation "
@@ -127,7 +116,8 @@ def _train_neural(run: LMRun, corpus, fingerprint: str, workdir: Workdir, *, res
     mesh = parallel.mesh_from_config(run.parallel)
     parallel.check_batch_size(run.data.batch_size, mesh)
     vocab_size = len(corpus.vocab)
-    model = build_lm(run.model, vocab_size, dtype=compute_dtype(run.train), remat=run.train.remat)
+    model = build_lm(run.model, vocab_size, dtype=compute_dtype(run.train), remat=run.train.remat,
+                     seq_len=run.data.seq_len)
     batches = LMBatches(corpus.train, seq_len=run.data.seq_len, batch_size=run.data.batch_size,
                         sampling=run.data.sampling, seed=run.train.seed,
                         shard=(jax.process_index(), jax.process_count()))
@@ -144,36 +134,20 @@ def _train_neural(run: LMRun, corpus, fingerprint: str, workdir: Workdir, *, res
                   if sequential else None)
     expected = manifest("lm", config_lib.to_dict(run.model), corpus.vocab.fingerprint(), state.params,
                         fingerprint)
-    checkpointer = Checkpointer(workdir.checkpoints, keep=run.train.keep, keep_best=run.train.keep_best)
-    metrics_log = train.MetricsLog(workdir.metrics, jax.process_index() == 0)
-    if resume and checkpointer.latest_step() is not None:
-        state, data_state, step = checkpointer.restore(train.abstract_state(state), expected,
-                                                       fallback=fallback, warn=warn)
-        batches.set_state(data_state)
-        metrics_log.truncate_after(step)
-        echo(f"resumed from step {step}")
-    elif resume:
-        raise CheckpointError(f"{workdir.checkpoints}: no checkpoint to resume from; train without --resume")
-    echo(f"model: {run.model.model}, {sum(x.size for x in jax.tree_util.tree_leaves(state.params)):,} "
-         f"parameters; {total_steps} steps of {run.data.batch_size} x {run.data.seq_len} tokens "
-         f"on {mesh.devices.size} device(s)")
+    size = count_params(state.params)
+    describe = lambda: (f"model: {run.model.model}, {size:,} parameters; {total_steps} steps of "
+                        f"{run.data.batch_size} x {run.data.seq_len} tokens on {mesh.devices.size} device(s)")
     base = _trigram_baseline(corpus) if baseline else None
-    result = train.fit(model, state, tx, batches, total_steps=total_steps, config=run.train, optim=run.optim,
-                       mesh=mesh, valid_batches=valid, eval_carry=eval_carry, checkpointer=checkpointer,
-                       manifest=expected, metrics_log=metrics_log, echo=echo)
-    checkpointer.close()
+    result = fit_in_workdir(model, state, tx, batches, workdir=workdir, expected=expected, resume=resume,
+                            fallback=fallback, total_steps=total_steps, train_config=run.train, optim=run.optim,
+                            mesh=mesh, valid_batches=valid, eval_carry=eval_carry, describe=describe, echo=echo)
     step = int(jax.device_get(result.state.step))
     results = {"model": run.model.model, "step": step, "valid": result.valid, "train_seconds": result.seconds}
     if base is not None:
         results["trigram_kn_valid"] = base
-    if result.interrupted is not None:
-        results["interrupted"] = int(result.interrupted)
-        echo(f"stopped by signal {result.interrupted} at step {step}; checkpoint saved; continue with --resume")
+    if stopped_early(result, results, echo):
         return results
-    if jax.process_index() == 0:
-        workdir.write_json("results.json", results)
-        from jaxseq import plots
-        plots.learning_curve(workdir.metrics, workdir.file("curve.png"), title=f"{run.model.model} language model")
+    write_results(workdir, results, f"{run.model.model} language model")
     v = result.valid or {}
     line = f"{run.model.model}: validation perplexity {v.get('perplexity', float('nan')):.3f}"
     if base is not None:
@@ -194,11 +168,11 @@ def _train_neural(run: LMRun, corpus, fingerprint: str, workdir: Workdir, *, res
 
 def load_run(workdir: Workdir) -> tuple[LMRun, Vocab]:
     config = workdir.require("lm")
-    return LMRun.from_dict(config, str(workdir.config_path)), _load_vocab(workdir)
+    return LMRun.from_dict(config, str(workdir.config_path)), load_vocab(workdir)
 
 
 def _load_neural(run: LMRun, vocab: Vocab, workdir: Workdir) -> tuple[Any, Any]:
-    model = build_lm(run.model, len(vocab), dtype=compute_dtype(run.train))
+    model = build_lm(run.model, len(vocab), dtype=compute_dtype(run.train), seq_len=run.data.seq_len)
     tx = make_optimizer(run.optim, 1)
     b, t = run.data.batch_size, run.data.seq_len
     sample = {"inputs": np.zeros((b, t), np.int32), "targets": np.zeros((b, t), np.int32),
@@ -213,10 +187,7 @@ def _load_neural(run: LMRun, vocab: Vocab, workdir: Workdir) -> tuple[Any, Any]:
 
 def _encode_text(run: LMRun, vocab: Vocab, text: str, what: str) -> np.ndarray:
     tokens = tokens_from_config(run.data, text)
-    unknown = vocab.unknown(tokens)
-    if unknown:
-        shown = ", ".join(repr(t) for t in unknown[:5]) + (" ..." if len(unknown) > 5 else "")
-        warn(f"{what}: {len(unknown)} token type(s) not in the vocabulary become <unk>: {shown}")
+    warn_unknown(what, vocab.unknown(tokens))
     return vocab.encode(tokens)
 
 

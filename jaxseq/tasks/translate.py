@@ -26,7 +26,7 @@ from jaxseq import decode, metrics, parallel, train
 from jaxseq.checkpoint import tree_signature
 from jaxseq.config import option
 from jaxseq.data import translation as tr
-from jaxseq.data.dates import DatesConfig
+from jaxseq.data.dates import DatesConfig, tokenize_date
 from jaxseq.data.text import read_text
 from jaxseq.data.vocab import Vocab
 from jaxseq.errors import ConfigError, DataError
@@ -37,7 +37,7 @@ from jaxseq.tasks.common import (Echo, RunConfig, array_fingerprint, compute_dty
                                  warn_unknown, write_results)
 from jaxseq.workdir import Workdir
 
-DEFAULT_STEPS = 400
+DEFAULT_STEPS = 300
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,7 +45,7 @@ class TranslateEvalConfig:
     """How the trained model is scored at the end of training."""
 
     beam: int = option(4, "beam size of the final test evaluation (greedy is always reported too)")
-    alpha: float = option(0.6, "length normalisation exponent of beam search: score = log P / ((5 + len) / 6)^alpha")
+    alpha: float = option(0.6, "length normalisation of beam search: score = log P / ((5 + len) / 6)^alpha")
     examples: int = option(4, "example translations to print at the end")
 
     def validate(self) -> None:
@@ -108,17 +108,21 @@ def _source_only(batch: dict) -> dict:
     return {"src": np.asarray(batch["src"]), "src_len": np.asarray(batch["src_len"])}
 
 
+def _decode(model, params, batch: dict, tgt_vocab: Vocab, *, max_len: int, beam: int = 1,
+            alpha: float = 0.6) -> decode.Decoded:
+    """Greedy search (``beam == 1``) or beam search from ``<bos>`` to ``<eos>``."""
+    if beam == 1:
+        return decode.greedy_search(model, params, batch, bos=tgt_vocab.bos, eos=tgt_vocab.eos, max_len=max_len)
+    return decode.beam_search(model, params, batch, bos=tgt_vocab.bos, eos=tgt_vocab.eos, max_len=max_len,
+                              beam=beam, alpha=alpha)
+
+
 def decode_batches(model, params, batches: Sequence[dict], count: int, tgt_vocab: Vocab, *, max_len: int,
                    beam: int = 1, alpha: float = 0.6) -> list[str]:
     """Translations (space-joined words) of every pair in ``batches``, in split order (by ``index``)."""
     out = [""] * count
     for batch in batches:
-        if beam == 1:
-            result = decode.greedy_search(model, params, _source_only(batch), bos=tgt_vocab.bos,
-                                          eos=tgt_vocab.eos, max_len=max_len)
-        else:
-            result = decode.beam_search(model, params, _source_only(batch), bos=tgt_vocab.bos, eos=tgt_vocab.eos,
-                                        max_len=max_len, beam=beam, alpha=alpha)
+        result = _decode(model, params, _source_only(batch), tgt_vocab, max_len=max_len, beam=beam, alpha=alpha)
         rows = np.asarray(result.tokens).tolist()       # one read-back per batch
         for index, row in zip(np.asarray(batch["index"]).tolist(), rows):
             if index >= 0:
@@ -136,6 +140,29 @@ def score_translations(hypotheses: Sequence[str], refs: Sequence[str], suffix: s
             f"exact{suffix}": metrics.exact_match(hypotheses, refs)}
 
 
+def _final_scores(model, params, data: tr.TranslationData, split: str, run: TranslateRun, mesh,
+                  echo: Echo) -> dict:
+    """BLEU and exact match of greedy and beam search on ``split`` (and its loss, for the test split)."""
+    pairs, refs, max_len = data.split(split), references(data.split(split)), run.data.max_len
+    batches = data.eval_batches(split)
+    greedy = decode_batches(model, params, batches, len(pairs), data.tgt_vocab, max_len=max_len)
+    scores = {"pairs": len(pairs), **score_translations(greedy, refs)}
+    shown = f"{split} BLEU {scores['bleu']:.2f} greedy"
+    if run.eval.beam > 1:
+        beamed = decode_batches(model, params, batches, len(pairs), data.tgt_vocab, max_len=max_len,
+                                beam=run.eval.beam, alpha=run.eval.alpha)
+        scores.update(score_translations(beamed, refs, "_beam"), beam=run.eval.beam, alpha=run.eval.alpha)
+        shown += f", {scores['bleu_beam']:.2f} beam {run.eval.beam}"
+    if split == "test":
+        shard = (jax.process_index(), jax.process_count())
+        loss = train.evaluate(train.make_eval_step(model), params, data.eval_batches(split, shard=shard), mesh)
+        scores.update(loss=loss["nll"], perplexity=loss["perplexity"])
+    echo(f"{run.model.model}: {shown} (exact match {100 * scores['exact']:.1f}%) over {len(pairs)} pairs")
+    for src, hyp, ref in list(zip(pairs, greedy, refs))[:run.eval.examples]:
+        echo(f"  {' '.join(src.src)} => {hyp}   [reference: {ref}; BLEU-2 {metrics.bleu(hyp, ref, 2):.3f}]")
+    return scores
+
+
 # -- training ---------------------------------------------------------------------------------
 
 def train_translate(run: TranslateRun, workdir: Workdir, *, resume: bool = False, given: dict | None = None,
@@ -143,10 +170,12 @@ def train_translate(run: TranslateRun, workdir: Workdir, *, resume: bool = False
     """Train the translation model of ``run`` into ``workdir``; returns the results."""
     run.validate()
     parallel.initialize(run.parallel)     # before anything touches a device
-    run = TranslateRun.from_dict(workdir.start(run.to_dict(), resume=resume, given=given), str(workdir.config_path))
+    config = workdir.plan(run.to_dict(), resume=resume, given=given)
+    run = TranslateRun.from_dict(config, str(workdir.config_path))
     vocabs = (load_vocab(workdir, "src_vocab.json"), load_vocab(workdir, "tgt_vocab.json")) if resume else None
-    data = _load_data(run, vocabs)
+    data = _load_data(run, vocabs)                    # refuses bad data before anything is written
     echo(f"data: {data.summary()}")
+    workdir.save_config(config)
     if not resume and jax.process_index() == 0:
         data.src_vocab.save(workdir.file("src_vocab.json"))
         data.tgt_vocab.save(workdir.file("tgt_vocab.json"))
@@ -154,14 +183,14 @@ def train_translate(run: TranslateRun, workdir: Workdir, *, resume: bool = False
     mesh = parallel.mesh_from_config(run.parallel)
     parallel.check_batch_size(run.data.batch_size, mesh)
     model = build_translation_model(run.model, len(data.src_vocab), len(data.tgt_vocab),
-                                    dtype=compute_dtype(run.train))
+                                    dtype=compute_dtype(run.train), remat=run.train.remat)
     shard = (jax.process_index(), jax.process_count())
     batches = data.train_batches(seed=run.train.seed, shard=shard)
     total_steps = run.train.total_steps(batches.batches_per_epoch, DEFAULT_STEPS)
     tx = make_optimizer(run.optim, total_steps)
     state = train.create_state(model, tx, data.train_batches(seed=run.train.seed).batch(0, 0), run.train.seed, mesh)
-    expected = manifest("translate", config_lib.to_dict(run.model), _vocab_fingerprints(data.src_vocab, data.tgt_vocab),
-                        state.params, _data_fingerprint(data))
+    expected = manifest("translate", config_lib.to_dict(run.model),
+                        _vocab_fingerprints(data.src_vocab, data.tgt_vocab), state.params, _data_fingerprint(data))
     valid_global = data.eval_batches("valid")
     refs_valid = references(data.valid)
     max_len = run.data.max_len
@@ -172,7 +201,7 @@ def train_translate(run: TranslateRun, workdir: Workdir, *, resume: bool = False
 
     size = count_params(state.params)
     describe = lambda: (f"model: {run.model.model}, {size:,} parameters; {total_steps} steps of "
-                        f"{run.data.batch_size} pairs ({batches.batches_per_epoch} a epoch) on "
+                        f"{run.data.batch_size} pairs ({batches.batches_per_epoch} per epoch) on "
                         f"{mesh.devices.size} device(s)")
     result = fit_in_workdir(model, state, tx, batches, workdir=workdir, expected=expected, resume=resume,
                             fallback=fallback, total_steps=total_steps, train_config=run.train, optim=run.optim,
@@ -183,33 +212,14 @@ def train_translate(run: TranslateRun, workdir: Workdir, *, resume: bool = False
     if stopped_early(result, results, echo):
         return results
 
-    params = result.state.params
     split = "test" if data.test else "valid"
-    pairs = data.split(split)
-    if pairs:
-        refs = references(pairs)
-        split_batches = data.eval_batches(split)
-        greedy = decode_batches(model, params, split_batches, len(pairs), data.tgt_vocab, max_len=max_len)
-        scores = {"pairs": len(pairs), **score_translations(greedy, refs)}
-        if run.eval.beam > 1:
-            beamed = decode_batches(model, params, split_batches, len(pairs), data.tgt_vocab, max_len=max_len,
-                                    beam=run.eval.beam, alpha=run.eval.alpha)
-            scores.update(score_translations(beamed, refs, "_beam"), beam=run.eval.beam, alpha=run.eval.alpha)
-        if split == "test":
-            loss = train.evaluate(train.make_eval_step(model), params,
-                                  data.eval_batches("test", shard=shard), mesh)
-            scores.update(loss=loss["nll"], perplexity=loss["perplexity"])
+    if data.split(split):
+        scores = _final_scores(model, result.state.params, data, split, run, mesh, echo)
         if split == "test":
             results["test"] = scores
         else:                                 # no test split: the final scores go with the validation ones
             results["valid"] = dict(results["valid"] or {}, **scores)
-        shown = f"{split} BLEU {scores['bleu']:.2f} greedy"
-        if "bleu_beam" in scores:
-            shown += f", {scores['bleu_beam']:.2f} beam {run.eval.beam}"
-        echo(f"{run.model.model}: {shown} (exact match {100 * scores['exact']:.1f}%) over {len(pairs)} pairs; "
-             f"trained {step} steps in {result.seconds:.1f}s")
-        for src, hyp, ref in list(zip(pairs, greedy, refs))[:run.eval.examples]:
-            echo(f"  {' '.join(src.src)} => {hyp}   [reference: {ref}; BLEU-2 {metrics.bleu(hyp, ref, 2):.3f}]")
+    echo(f"{run.model.model}: at step {step} after {result.seconds:.1f}s of training in this run")
     write_results(workdir, results, f"{run.model.model} translation")
     echo(f"work directory: {workdir}")
     return results
@@ -226,6 +236,10 @@ def load_run(workdir: Workdir) -> tuple[TranslateRun, Vocab, Vocab]:
 def load_model(workdir: Workdir) -> tuple[TranslateRun, Vocab, Vocab, Any, Any]:
     """``(run, src_vocab, tgt_vocab, model, params)`` of the latest checkpoint in ``workdir``."""
     run, src_vocab, tgt_vocab = load_run(workdir)
+    return (run, src_vocab, tgt_vocab) + _restore_model(workdir, run, src_vocab, tgt_vocab)
+
+
+def _restore_model(workdir: Workdir, run: TranslateRun, src_vocab: Vocab, tgt_vocab: Vocab) -> tuple[Any, Any]:
     tr.check_vocab(src_vocab, "source")
     tr.check_vocab(tgt_vocab, "target")
     model = build_translation_model(run.model, len(src_vocab), len(tgt_vocab), dtype=compute_dtype(run.train))
@@ -238,7 +252,7 @@ def load_model(workdir: Workdir) -> tuple[TranslateRun, Vocab, Vocab, Any, Any]:
     expected = {"task": "translate", "model": config_lib.to_dict(run.model),
                 "vocab": _vocab_fingerprints(src_vocab, tgt_vocab), "params": tree_signature(abstract_params)}
     params, _ = restore_params(workdir, model, tx, sample, expected)
-    return run, src_vocab, tgt_vocab, model, params
+    return model, params
 
 
 def evaluate_translate(workdir: Workdir, data: str | None = None, *, beam: int | None = None,
@@ -251,7 +265,7 @@ def evaluate_translate(workdir: Workdir, data: str | None = None, *, beam: int |
     beam = 1 if beam is None else beam
     run, src_vocab, tgt_vocab = load_run(workdir)
     alpha = run.eval.alpha if alpha is None else alpha
-    decode._check_decode_args(run.data.max_len, beam, alpha)
+    decode.check_decode_args(run.data.max_len, beam, alpha)
     if data is None:
         pairs = _load_data(run, (src_vocab, tgt_vocab)).valid
         source = f"{run.data.data} (validation split)"
@@ -261,7 +275,7 @@ def evaluate_translate(workdir: Workdir, data: str | None = None, *, beam: int |
         raw, source = tr.pair_bytes(data, run.dates)
         pairs = list(tr.iter_pairs(raw, source, preprocess=run.data.preprocess))
         warn_unknown(source, src_vocab.unknown(t for p in pairs for t in p.src), "the source vocabulary")
-    _, _, _, model, params = load_model(workdir)
+    model, params = _restore_model(workdir, run, src_vocab, tgt_vocab)
     encoded = tr.encode_pairs(pairs, src_vocab, tgt_vocab, run.data.max_len)
     widths = tr.bucket_widths(run.data.max_len, run.data.buckets)
     batches = tr.eval_batches(encoded, batch_size=run.data.batch_size, widths=widths)
@@ -296,36 +310,38 @@ def translate_texts(workdir: Workdir, texts: Sequence[str], *, input_file: str |
                     show_attention: str | os.PathLike | None = None) -> list[str]:
     """One translation per sentence (words unknown to the source vocabulary become ``<unk>``, with a warning).
 
+    Sentences are normalised and tokenised as the run's training data was
+    (for the ``dates`` task: cut into words, digits and punctuation, so
+    ``"Friday, November 27, 2026"`` can be given as written).
+
     ``show_attention`` writes the attention heatmap of the first sentence
     (models with attention only).
     """
     run, src_vocab, tgt_vocab = load_run(workdir)
     max_len = run.data.max_len if max_len is None else max_len
-    decode._check_decode_args(max_len, beam, alpha)
+    decode.check_decode_args(max_len, beam, alpha)
     if show_attention is not None and not has_attention(run.model):
         raise ConfigError(f"--show-attention: the run in {workdir} is a {run.model.model} model, which has no "
                           "attention; use a bahdanau run")
     items = _read_sentences(texts, input_file)
     encodings = []
     for where, text in items:
+        if _is_dates(run):              # cut "November 27, 2026" as the task does: "november 2 7 , 2 0 2 6"
+            text = " ".join(tokenize_date(text, run.dates.dates_numbers))
         enc = tr.encode_source(text, src_vocab, preprocess=run.data.preprocess, max_len=run.data.max_len)
         warn_unknown(where, enc.unknown, "the source vocabulary")
         if enc.truncated:
             warn(f"{where}: longer than the run's --max-len {run.data.max_len}; cut to its first "
                  f"{run.data.max_len} tokens")
         encodings.append(enc)
-    _, _, _, model, params = load_model(workdir)
+    model, params = _restore_model(workdir, run, src_vocab, tgt_vocab)
     widths = tr.bucket_widths(run.data.max_len, run.data.buckets)
     out: list[str] = []
     first_tokens = None
     for start in range(0, len(encodings), run.data.batch_size):
         chunk = encodings[start:start + run.data.batch_size]
         batch = tr.source_batch(chunk, pad=src_vocab.pad, widths=widths)
-        if beam == 1:
-            result = decode.greedy_search(model, params, batch, bos=tgt_vocab.bos, eos=tgt_vocab.eos, max_len=max_len)
-        else:
-            result = decode.beam_search(model, params, batch, bos=tgt_vocab.bos, eos=tgt_vocab.eos,
-                                        max_len=max_len, beam=beam, alpha=alpha)
+        result = _decode(model, params, batch, tgt_vocab, max_len=max_len, beam=beam, alpha=alpha)
         rows = np.asarray(result.tokens).tolist()
         lengths = np.asarray(result.lengths).tolist()
         if first_tokens is None:
@@ -334,6 +350,10 @@ def translate_texts(workdir: Workdir, texts: Sequence[str], *, input_file: str |
     if show_attention is not None:
         _attention_plot(model, params, encodings[0], first_tokens, src_vocab, tgt_vocab, Path(show_attention))
     return out
+
+
+def _is_dates(run: TranslateRun) -> bool:
+    return run.data.data == "dates" and not Path(run.data.data).exists()
 
 
 def attention_weights(model, params, batch: dict) -> np.ndarray:

@@ -1,0 +1,277 @@
+"""Encoder-decoder models, greedy and beam search, BLEU.
+
+Invariants: padding never changes the encoder; the decoder is causal; the
+step function used for decoding computes what training computes; beam size 1
+is greedy; with a beam wide enough to keep everything, beam search returns the
+best of all sequences (enumerated on a tiny vocabulary).
+"""
+
+import itertools
+import math
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import sacrebleu
+
+from jaxseq import decode, metrics
+from jaxseq.models.seq2seq import GRUEncoder, RNNEncoderDecoder, TranslationModelConfig, build_translation_model
+from jaxseq.errors import ConfigError
+
+SRC_V, TGT_V, BOS, EOS = 11, 13, 1, 2
+MODELS = {"seq2seq": None, "bahdanau": "additive"}
+
+
+def make_model(attention):
+    return RNNEncoderDecoder(SRC_V, TGT_V, embed=8, hidden=16, layers=2, dropout=0.1, attention=attention)
+
+
+@pytest.fixture(scope="module")
+def batch():
+    rng = np.random.default_rng(0)
+    src_len = np.array([6, 3, 1, 5], np.int32)
+    src = rng.integers(4, SRC_V, (4, 6)).astype(np.int32)
+    src = np.where(np.arange(6)[None] < src_len[:, None], src, 0).astype(np.int32)
+    tgt_in = rng.integers(3, TGT_V, (4, 5)).astype(np.int32)
+    tgt_in[:, 0] = BOS
+    return {"src": src, "src_len": src_len, "tgt_in": tgt_in}
+
+
+class Setup:
+    """A small model, its parameters and a jitted teacher-forced forward pass (compiled once per shape)."""
+
+    def __init__(self, attention, batch):
+        self.model = make_model(attention)
+        self.params = jax.jit(lambda k: self.model.init({"params": k}, batch)["params"])(jax.random.PRNGKey(1))
+        self.forward = jax.jit(lambda p, b: self.model.apply({"params": p}, b)[0])
+
+    def logits(self, batch):
+        return np.asarray(self.forward(self.params, batch))
+
+
+@pytest.fixture(scope="module", params=list(MODELS))
+def setup(request, batch):
+    return Setup(MODELS[request.param], batch)
+
+
+def _pad_source(batch, extra):
+    src = np.concatenate([batch["src"], np.zeros((len(batch["src"]), extra), np.int32)], axis=1)
+    return dict(batch, src=src)
+
+
+def test_encoder_padding_never_changes_states_or_context(batch):
+    enc = GRUEncoder(SRC_V, embed=8, hidden=16, layers=2)
+    params = enc.init(jax.random.PRNGKey(0), batch["src"], batch["src_len"])
+    apply = jax.jit(enc.apply)
+    carries, hs = apply(params, batch["src"], batch["src_len"])
+    wide = _pad_source(batch, 5)["src"]
+    carries_w, hs_w = apply(params, wide, batch["src_len"])
+    for c, cw in zip(carries, carries_w):
+        np.testing.assert_allclose(c, cw, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(hs, np.asarray(hs_w)[:, :6], rtol=1e-6, atol=1e-6)
+    real = np.arange(11)[None] < batch["src_len"][:, None]
+    assert np.all(np.asarray(hs_w)[~real] == 0.0)
+    # the context C is the top layer's state at each sentence's true last step
+    last = np.asarray(hs)[np.arange(4), batch["src_len"] - 1]
+    np.testing.assert_allclose(carries[-1], last, rtol=1e-6, atol=1e-6)
+
+
+def _source_padding_is_ignored(setup, batch):
+    logits = setup.logits(batch)
+    assert logits.shape == (4, 5, TGT_V)
+    np.testing.assert_allclose(logits, setup.logits(_pad_source(batch, 3)), rtol=1e-5, atol=1e-5)
+
+
+def _decode_step_equals_teacher_forcing(setup, batch):
+    """Teacher-forced logits == decode_init then decode_step token by token (the same equations)."""
+    v = {"params": setup.params}
+    logits = setup.logits(batch)
+    state = setup.model.apply(v, batch, method="decode_init")
+    step = jax.jit(lambda s, t: setup.model.apply(v, s, t, method="decode_step"))
+    for t in range(batch["tgt_in"].shape[1]):
+        out, state = step(state, jnp.asarray(batch["tgt_in"][:, t]))
+        np.testing.assert_allclose(out, logits[:, t], rtol=1e-5, atol=1e-5)
+
+
+def test_model_logits_ignore_source_padding(setup, batch):
+    _source_padding_is_ignored(setup, batch)
+    _, carry = setup.model.apply({"params": setup.params}, batch)
+    assert carry is None
+
+
+def test_decoder_is_causal(setup, batch):
+    logits = setup.logits(batch)
+    changed = batch["tgt_in"].copy()
+    changed[:, 3:] = (changed[:, 3:] + 5) % TGT_V
+    logits2 = setup.logits(dict(batch, tgt_in=changed))
+    np.testing.assert_allclose(logits[:, :3], logits2[:, :3], rtol=1e-6, atol=1e-6)
+    assert not np.allclose(logits[:, 3:], logits2[:, 3:])
+
+
+def test_decode_step_computes_what_training_computes(setup, batch):
+    _decode_step_equals_teacher_forcing(setup, batch)
+
+
+def test_dot_product_scoring(batch):
+    setup = Setup("dot", batch)
+    _source_padding_is_ignored(setup, batch)
+    _decode_step_equals_teacher_forcing(setup, batch)
+
+
+def test_attention_weights_are_sown_and_masked(batch):
+    model = make_model("additive")
+    params = jax.jit(lambda k: model.init(k, batch)["params"])(jax.random.PRNGKey(0))
+    _, state = jax.jit(lambda p: model.apply({"params": p}, batch, mutable=["intermediates"]))(params)
+    w = np.asarray(state["intermediates"]["attention"][0])
+    assert w.shape == (4, 5, 6)
+    np.testing.assert_allclose(w.sum(-1), 1.0, rtol=1e-5)
+    real = np.arange(6)[None] < batch["src_len"][:, None]
+    assert np.all(w[np.broadcast_to(~real[:, None], w.shape)] < 1e-6)
+
+
+def test_training_mode_uses_dropout(setup, batch):
+    train = jax.jit(lambda p, k: setup.model.apply({"params": p}, batch, train=True, rngs={"dropout": k})[0])
+    a, b = train(setup.params, jax.random.PRNGKey(0)), train(setup.params, jax.random.PRNGKey(1))
+    assert not np.allclose(a, b)
+    np.testing.assert_allclose(train(setup.params, jax.random.PRNGKey(0)), a)
+
+
+def test_config_validation():
+    with pytest.raises(ConfigError, match="--model"):
+        TranslationModelConfig(model="transformerx").validate()
+    with pytest.raises(ConfigError, match="--dropout"):
+        TranslationModelConfig(dropout=1.0).validate()
+    m = build_translation_model(TranslationModelConfig(model="seq2seq", embed=4, hidden=8, layers=1), 5, 6)
+    assert m.attention is None and m.target_key == "tgt_out"
+
+
+# -- greedy and beam search ---------------------------------------------------------------------
+
+def test_beam_of_one_is_greedy(setup, batch):
+    model, params = setup.model, setup.params
+    src = {"src": batch["src"], "src_len": batch["src_len"]}
+    g = decode.greedy_search(model, params, src, bos=BOS, eos=EOS, max_len=7)
+    b = decode.beam_search(model, params, src, bos=BOS, eos=EOS, max_len=7, beam=1, alpha=0.6)
+    np.testing.assert_array_equal(g.tokens, b.tokens)
+    np.testing.assert_array_equal(g.lengths, b.lengths)
+    np.testing.assert_allclose(g.log_probs, b.log_probs, rtol=1e-5)
+    # a wider beam never finds a worse-scoring output than the beam of one on these rows, and
+    # its outputs end at their first <eos>
+    b4 = decode.beam_search(model, params, src, bos=BOS, eos=EOS, max_len=7, beam=4, alpha=0.0)
+    for row, n in zip(np.asarray(b4.tokens), np.asarray(b4.lengths)):
+        assert EOS not in row[:n - 1] and np.all(row[n:] == EOS)
+
+
+class TableModel(nn.Module):
+    """A fake decoder whose logits are a fixed table indexed by the whole prefix (enumerable)."""
+
+    vocab: int
+    depth: int
+
+    def setup(self):
+        rows = (self.vocab + 1) ** (self.depth + 1)
+        self.table = self.param("table", nn.initializers.normal(2.0), (rows, self.vocab))
+
+    def decode_init(self, batch):
+        return {"code": jnp.zeros((batch["src"].shape[0],), jnp.int32)}
+
+    def decode_step(self, state, tokens):
+        code = state["code"] * (self.vocab + 1) + tokens + 1
+        return self.table[code], {"code": code}
+
+
+def _enumerate(table, vocab, depth, alpha, eos):
+    """Every possible output (ending at <eos>, or cut at ``depth``) with its log-probability and score."""
+    logp = np.asarray(jax.nn.log_softmax(jnp.asarray(table), axis=-1), np.float64)
+    best = None
+    words = [v for v in range(vocab) if v != eos]
+    for n in range(1, depth + 1):
+        for body in itertools.product(words, repeat=n - 1):
+            endings = [(eos,)] + ([(w,) for w in words] if n == depth else [])
+            for end in endings:
+                seq, code, total = body + end, 0, 0.0
+                prev = vocab                                  # <bos>
+                for tok in seq:
+                    code = code * (vocab + 1) + prev + 1
+                    total += logp[code, tok]
+                    prev = tok
+                score = total / ((5 + n) / 6) ** alpha
+                if best is None or score > best[0]:
+                    best = (score, seq, total)
+    return best
+
+
+@pytest.mark.parametrize("alpha", [0.0, 0.6, 2.0])
+def test_wide_beam_finds_the_best_of_all_sequences(alpha):
+    vocab, depth, eos = 3, 4, 0
+    model = TableModel(vocab, depth)
+    src = {"src": np.zeros((3, 1), np.int32)}
+    for seed in range(3):
+        table = np.asarray(jax.random.normal(jax.random.PRNGKey(seed), ((vocab + 1) ** (depth + 1), vocab))) * 2.0
+        params = {"table": jnp.asarray(table, jnp.float32)}
+        out = decode.beam_search(model, params, src, bos=vocab, eos=eos, max_len=depth, beam=32, alpha=alpha)
+        score, seq, total = _enumerate(table, vocab, depth, alpha, eos)
+        n = int(out.lengths[0])
+        assert tuple(np.asarray(out.tokens[0, :n]).tolist()) == seq
+        np.testing.assert_allclose(float(out.scores[0]), score, rtol=1e-5)
+        np.testing.assert_allclose(float(out.log_probs[0]), total, rtol=1e-5)
+        g = decode.greedy_search(model, params, src, bos=vocab, eos=eos, max_len=depth, alpha=alpha)
+        assert float(g.scores[0]) <= score + 1e-5
+
+
+def test_decode_arguments_are_checked(batch):
+    model, params = TableModel(3, 2), {}
+    src = {"src": batch["src"], "src_len": batch["src_len"]}
+    with pytest.raises(ConfigError, match="--beam"):
+        decode.beam_search(model, params, src, bos=BOS, eos=EOS, max_len=5, beam=0)
+    with pytest.raises(ConfigError, match="--max-len"):
+        decode.greedy_search(model, params, src, bos=BOS, eos=EOS, max_len=0)
+    with pytest.raises(ConfigError, match="--alpha"):
+        decode.beam_search(model, params, src, bos=BOS, eos=EOS, max_len=5, alpha=-1.0)
+
+
+# -- BLEU ------------------------------------------------------------------------------------------
+
+HYPS = ["il est riche .", "va !", "je suis chez moi .", "le chat est sur le tapis ."]
+REFS = ["il est calme .", "va !", "je suis chez moi .", "le chat est sur un tapis ."]
+
+
+def _bleu_by_hand(hyps, refs):
+    """BLEU = BP exp(mean_n log p_n), clipped n-gram counts summed over the corpus (n = 1..4)."""
+    matches, totals = np.zeros(4), np.zeros(4)
+    c = r = 0
+    for h, ref in zip(hyps, refs):
+        h, ref = h.split(), ref.split()
+        c, r = c + len(h), r + len(ref)
+        for n in range(1, 5):
+            hg = [tuple(h[i:i + n]) for i in range(len(h) - n + 1)]
+            rg = [tuple(ref[i:i + n]) for i in range(len(ref) - n + 1)]
+            matches[n - 1] += sum(min(hg.count(g), rg.count(g)) for g in set(hg))
+            totals[n - 1] += len(hg)
+    bp = min(1.0, math.exp(1 - r / c))
+    return 100 * bp * math.exp(np.mean(np.log(matches / totals)))
+
+
+def test_corpus_bleu_is_sacrebleus():
+    ours = metrics.corpus_bleu(HYPS, REFS)
+    theirs = sacrebleu.corpus_bleu(HYPS, [REFS], tokenize="none").score
+    assert ours == pytest.approx(theirs, abs=1e-9)
+    assert ours == pytest.approx(_bleu_by_hand(HYPS, REFS), rel=1e-9)
+    assert metrics.corpus_bleu(REFS, REFS) == pytest.approx(100.0)
+    assert metrics.corpus_bleu([], []) == 0.0
+    # tokenize="none": our tokens are kept ("chez-moi" stays one word, as the model wrote it)
+    assert metrics.corpus_bleu(["je suis chez-moi ."], ["je suis chez moi ."]) < 40
+
+
+def test_d2l_sentence_bleu_on_the_books_examples():
+    # D2L's four example sentences (10.7, 11.4) with predictions of the kind its sections print
+    assert metrics.bleu("va !", "va !", k=2) == pytest.approx(1.0)
+    assert metrics.bleu("j'ai perdu .", "j'ai perdu .", k=2) == pytest.approx(1.0)
+    assert metrics.bleu("il est riche .", "il est calme .", k=2) == pytest.approx(0.658, abs=5e-4)
+    assert metrics.bleu("il court .", "il est calme .", k=2) == 0.0
+    # brevity penalty exp(1 - 4/3) with unigram precision 1, bigram 1
+    assert metrics.bleu("je suis chez", "je suis chez moi", k=2) == pytest.approx(math.exp(1 - 4 / 3))
+    assert metrics.bleu("", "va !") == 0.0
+    assert metrics.exact_match(HYPS, REFS) == 0.5
