@@ -1,21 +1,23 @@
-"""GRU language-model training and generation speed, side by side in one process.
+"""GRU language-model training and generation speed, side by side in one run.
 
 Training throughput (tokens/s) of one full step (forward, backward, clipped
-Adam update) for
-  * jaxseq's GRU language model through jaxseq's own train step
-    (``backward=custom``: hand-written BPTT; ``backward=autodiff``: JAX's),
-  * Flax's ``nn.RNN(nn.GRUCell)`` with the same one-hot input, output layer
-    and optax chain,
-  * PyTorch's ``nn.GRU`` (when torch is installed),
+Adam update, one-hot inputs, output layer) for
+  * ``jaxseq``: jaxseq's GRU language model through jaxseq's own train step
+    (``custom``: hand-written BPTT, the default; ``autodiff``: JAX's),
+  * ``flax``: Flax's ``nn.RNN(nn.GRUCell)`` with the same input, output layer
+    and optax chain, in a jitted step,
+  * ``torch``: PyTorch's ``nn.GRU`` (when torch is installed),
 on D2L's size (vocab 28, batch 32, seq 35, hidden 256) and a larger one
-(vocab 96, batch 64, seq 128, hidden 512). The contestants are timed in
-interleaved sweeps (A B C, A B C, ...) and the median of the sweeps is
-reported, so a noisy neighbour slows all of them alike.
+(vocab 96, batch 64, seq 128, hidden 512).
 
-Generation speed (characters/s) of jaxseq's on-device ``lax.scan`` sampler
-against a Python loop around a jitted step, and PyTorch's eager loop.
+Generation speed (characters/s, batch 1, hidden 256) of jaxseq's on-device
+``lax.scan`` sampler (``decode.generate``) against a Python loop around a
+jitted step, and against PyTorch's eager sampling loop.
 
-    python benchmarks/bench_rnn.py [--sweeps 3] [--steps 20] [--configs small large]
+Each contestant runs in its own process and they take turns (benchmarks/harness.py);
+reported are the medians over rounds and the median of the per-round ratios.
+
+    python benchmarks/bench_rnn.py [--rounds 5] [--steps 10] [--configs small large] [--idle 0.15]
 """
 
 from __future__ import annotations
@@ -24,27 +26,17 @@ import argparse
 import os
 import statistics
 import sys
-import time
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-import flax.linen as nn
-import jax
-import jax.numpy as jnp
 import numpy as np
-import optax
 
-from jaxseq import decode, parallel, train
-from jaxseq.models.lm import LMModelConfig, build_lm
-from jaxseq.optim import OptimConfig, make_optimizer
-
-try:
-    import torch
-except ImportError:  # optional
-    torch = None
+from harness import race
 
 CONFIGS = {"small": dict(vocab=28, batch=32, seq=35, hidden=256),
            "large": dict(vocab=96, batch=64, seq=128, hidden=512)}
+GEN_VOCAB, GEN_HIDDEN = 28, 256
 
 
 def make_batches(cfg, n, seed=0):
@@ -52,23 +44,28 @@ def make_batches(cfg, n, seed=0):
     out = []
     for _ in range(n):
         x = rng.integers(0, cfg["vocab"], size=(cfg["batch"], cfg["seq"] + 1)).astype(np.int32)
-        out.append({"inputs": x[:, :-1], "targets": x[:, 1:], "weights": np.ones((cfg["batch"], cfg["seq"]), np.float32)})
+        out.append({"inputs": x[:, :-1], "targets": x[:, 1:],
+                    "weights": np.ones((cfg["batch"], cfg["seq"]), np.float32)})
     return out
 
 
-# -- contestants: each returns a callable that runs `steps` training steps and blocks --------
+# -- training contestants: each builder returns run(), which does `steps` steps and blocks -------
 
-def jaxseq_runner(cfg, backward):
+def jaxseq_trainer(cfg, steps, backward):
+    import jax
+    from jaxseq import parallel, train
+    from jaxseq.models.lm import LMModelConfig, build_lm
+    from jaxseq.optim import OptimConfig, make_optimizer
+
     mesh = parallel.make_mesh(1)
     model = build_lm(LMModelConfig(model="gru", hidden=cfg["hidden"], backward=backward), cfg["vocab"])
-    optim = OptimConfig(optimizer="adam", lr=1e-3, clip=1.0)
-    tx = make_optimizer(optim, 1000)
+    tx = make_optimizer(OptimConfig(optimizer="adam", lr=1e-3, clip=1.0), 1000)
     batches = [parallel.shard_batch(b, mesh) for b in make_batches(cfg, 4)]
-    state = train.create_state(model, tx, make_batches(cfg, 1)[0], 0, mesh)
-    step = train.make_train_step(model, tx, shardings=(train.state_shardings(state), parallel.batch_sharding(mesh)))
-    holder = {"state": state}
+    holder = {"state": train.create_state(model, tx, make_batches(cfg, 1)[0], 0, mesh)}
+    step = train.make_train_step(model, tx, shardings=(train.state_shardings(holder["state"]),
+                                                       parallel.batch_sharding(mesh)))
 
-    def run(steps):
+    def run():
         s = holder["state"]
         for i in range(steps):
             s, m = step(s, batches[i % 4])
@@ -77,23 +74,22 @@ def jaxseq_runner(cfg, backward):
     return run
 
 
-class FlaxGRULM(nn.Module):
-    vocab: int
-    hidden: int
+def flax_trainer(cfg, steps):
+    import flax.linen as nn
+    import jax
+    import jax.numpy as jnp
+    import optax
 
-    @nn.compact
-    def __call__(self, tokens):
-        x = jax.nn.one_hot(tokens, self.vocab)
-        hs = nn.RNN(nn.GRUCell(self.hidden))(x)
-        return nn.Dense(self.vocab)(hs)
+    class FlaxGRULM(nn.Module):
+        @nn.compact
+        def __call__(self, tokens):
+            hs = nn.RNN(nn.GRUCell(cfg["hidden"]))(jax.nn.one_hot(tokens, cfg["vocab"]))
+            return nn.Dense(cfg["vocab"])(hs)
 
-
-def flax_runner(cfg):
-    model = FlaxGRULM(cfg["vocab"], cfg["hidden"])
+    model = FlaxGRULM()
     batches = [{k: jnp.asarray(v) for k, v in b.items()} for b in make_batches(cfg, 4)]
     params = model.init(jax.random.PRNGKey(0), batches[0]["inputs"])["params"]
     tx = optax.chain(optax.clip_by_global_norm(1.0), optax.adam(1e-3))
-    opt_state = tx.init(params)
 
     @jax.jit
     def step(params, opt_state, batch):
@@ -104,9 +100,9 @@ def flax_runner(cfg):
         updates, opt_state = tx.update(grads, opt_state, params)
         return optax.apply_updates(params, updates), opt_state, loss
 
-    holder = {"p": params, "o": opt_state}
+    holder = {"p": params, "o": tx.init(params)}
 
-    def run(steps):
+    def run():
         p, o = holder["p"], holder["o"]
         for i in range(steps):
             p, o, loss = step(p, o, batches[i % 4])
@@ -115,7 +111,9 @@ def flax_runner(cfg):
     return run
 
 
-def torch_runner(cfg):
+def torch_trainer(cfg, steps):
+    import torch
+
     torch.manual_seed(0)
     V, H = cfg["vocab"], cfg["hidden"]
 
@@ -126,8 +124,7 @@ def torch_runner(cfg):
             self.out = torch.nn.Linear(H, V)
 
         def forward(self, tokens):
-            x = torch.nn.functional.one_hot(tokens, V).float()
-            hs, _ = self.rnn(x)
+            hs, _ = self.rnn(torch.nn.functional.one_hot(tokens, V).float())
             return self.out(hs)
 
     model = TorchGRULM()
@@ -135,11 +132,10 @@ def torch_runner(cfg):
     batches = [{k: torch.from_numpy(v.astype(np.int64) if v.dtype == np.int32 else v) for k, v in b.items()}
                for b in make_batches(cfg, 4)]
 
-    def run(steps):
+    def run():
         for i in range(steps):
             b = batches[i % 4]
-            logits = model(b["inputs"])
-            loss = torch.nn.functional.cross_entropy(logits.reshape(-1, V), b["targets"].reshape(-1))
+            loss = torch.nn.functional.cross_entropy(model(b["inputs"]).reshape(-1, V), b["targets"].reshape(-1))
             opt.zero_grad()
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -147,111 +143,129 @@ def torch_runner(cfg):
     return run
 
 
-def bench_training(name, cfg, steps, sweeps):
-    contestants = {"jaxseq GRU (custom BPTT)": jaxseq_runner(cfg, "custom"),
-                   "jaxseq GRU (autodiff)": jaxseq_runner(cfg, "autodiff"),
-                   "Flax nn.RNN(GRUCell)": flax_runner(cfg)}
-    if torch is not None:
-        contestants["PyTorch nn.GRU"] = torch_runner(cfg)
-    for run in contestants.values():   # compile and warm up
-        run(3)
-    times = {k: [] for k in contestants}
-    for _ in range(sweeps):
-        for k, run in contestants.items():
-            t = time.perf_counter()
-            run(steps)
-            times[k].append(time.perf_counter() - t)
-    tokens = cfg["batch"] * cfg["seq"] * steps
-    rates = {k: tokens / statistics.median(v) for k, v in times.items()}
-    base = rates["Flax nn.RNN(GRUCell)"]
-    print(f"\n## training, {name} config: vocab {cfg['vocab']}, batch {cfg['batch']}, seq {cfg['seq']}, "
-          f"hidden {cfg['hidden']} (median of {sweeps} sweeps of {steps} steps)\n")
-    print("| model | tokens/s | vs Flax | vs PyTorch |")
-    print("|---|---|---|---|")
-    torch_rate = rates.get("PyTorch nn.GRU")
-    for k, r in rates.items():
-        vs_torch = f"{r / torch_rate:.2f}x" if torch_rate else "n/a"
-        print(f"| {k} | {r:,.0f} | {r / base:.2f}x | {vs_torch} |")
-    sys.stdout.flush()
-    return rates
+# -- generation contestants: each run() generates `length` characters --------------------------
 
-
-def bench_generation(length, sweeps):
-    cfg = CONFIGS["small"]
-    model = build_lm(LMModelConfig(model="gru", hidden=cfg["hidden"]), cfg["vocab"])
+def _gen_model():
+    import jax.numpy as jnp
+    from jaxseq import train
+    from jaxseq.models.lm import LMModelConfig, build_lm
+    model = build_lm(LMModelConfig(model="gru", hidden=GEN_HIDDEN), GEN_VOCAB)
     params = train.init_params(model, {"inputs": np.zeros((1, 4), np.int32)}, 0)
-    prefix = jnp.zeros((1, 4), jnp.int32)
+    return model, params, jnp.zeros((1, 4), jnp.int32)
+
+
+def jaxseq_on_device(length):
+    import jax
+    from jaxseq import decode
+    model, params, prefix = _gen_model()
     key = jax.random.PRNGKey(0)
 
-    def on_device():
-        jax.block_until_ready(decode.generate(model, params, prefix, length, key=key, temperature=1.0))
+    def run():
+        np.asarray(decode.generate(model, params, prefix, length, key=key, temperature=1.0)).tolist()
+    return run
 
-    step = jax.jit(lambda p, s, t: model.apply({"params": p}, s, t, method="decode_step"))
-    sample = jax.jit(lambda k, logits: decode.sample_logits(k, logits, 1.0))
+
+def jax_python_loop(length):
+    import jax
+    import jax.numpy as jnp
+    from jaxseq import decode
+    model, params, prefix = _gen_model()
+    key = jax.random.PRNGKey(0)
     init = jax.jit(lambda p, x: model.apply({"params": p}, {"inputs": x}, method="decode_init"))
 
-    def python_loop():
-        state = init(params, prefix[:, :-1])
-        token = prefix[:, -1]
-        out = []
+    @jax.jit
+    def step(p, state, token, k):
+        logits, state = model.apply({"params": p}, state, token, method="decode_step")
+        return decode.sample_logits(k, logits, 1.0), state
+
+    def run():
+        state, token, out = init(params, prefix[:, :-1]), prefix[:, -1], []
         for i in range(length):
-            logits, state = step(params, state, token)
-            token = sample(jax.random.fold_in(key, i), logits)
+            token, state = step(params, state, token, jax.random.fold_in(key, i))
             out.append(token)
-        np.asarray(jnp.stack(out))
+        np.asarray(jnp.concatenate(out)).tolist()
+    return run
 
-    runners = {"jaxseq on-device lax.scan": on_device, "Python loop around jitted step": python_loop}
-    if torch is not None:
-        gru = torch.nn.GRU(cfg["vocab"], cfg["hidden"], batch_first=True)
-        lin = torch.nn.Linear(cfg["hidden"], cfg["vocab"])
 
-        @torch.no_grad()
-        def torch_loop():
-            h = None
-            token = torch.zeros(1, 1, dtype=torch.long)
-            out = []
-            for _ in range(length):
-                x = torch.nn.functional.one_hot(token, cfg["vocab"]).float()
-                y, h = gru(x, h)
-                probs = torch.softmax(lin(y[:, -1]), -1)
-                token = torch.multinomial(probs, 1)
-                out.append(int(token))
-        runners["PyTorch eager loop"] = torch_loop
-    for run in runners.values():
-        run()
-    times = {k: [] for k in runners}
-    for _ in range(sweeps):
-        for k, run in runners.items():
-            t = time.perf_counter()
-            run()
-            times[k].append(time.perf_counter() - t)
-    rates = {k: length / statistics.median(v) for k, v in times.items()}
-    print(f"\n## generation: GRU hidden {cfg['hidden']}, vocab {cfg['vocab']}, {length} characters, batch 1\n")
-    print("| sampler | chars/s | jaxseq on-device vs this |")
-    print("|---|---|---|")
-    ours = rates["jaxseq on-device lax.scan"]
-    for k, r in rates.items():
-        print(f"| {k} | {r:,.0f} | {ours / r:.2f}x |")
-    return rates
+def torch_eager_loop(length):
+    import torch
+    torch.manual_seed(0)
+    gru = torch.nn.GRU(GEN_VOCAB, GEN_HIDDEN, batch_first=True)
+    lin = torch.nn.Linear(GEN_HIDDEN, GEN_VOCAB)
+
+    @torch.no_grad()
+    def run():
+        h, token, out = None, torch.zeros(1, 1, dtype=torch.long), []
+        for _ in range(length):
+            y, h = gru(torch.nn.functional.one_hot(token, GEN_VOCAB).float(), h)
+            token = torch.multinomial(torch.softmax(lin(y[:, -1]), -1), 1)
+            out.append(token)
+        torch.cat(out).tolist()
+    return run
+
+
+def _have_torch() -> bool:
+    try:
+        import torch  # noqa: F401
+        return True
+    except ImportError:
+        return False
+
+
+def _table(title, seconds, work, unit, base, columns):
+    rates = {k: [work / s for s in v] for k, v in seconds.items()}
+    print(f"\n## {title}\n")
+    print(f"| contestant | {unit} (median) |" + "".join(f" vs {c} |" for c in columns))
+    print("|---|---|" + "---|" * len(columns))
+    for name, r in rates.items():
+        ratios = [f"{statistics.median(a / b for a, b in zip(r, rates[c])):.2f}x" if c in rates else "n/a"
+                  for c in columns]
+        print(f"| {name} | {statistics.median(r):,.0f} |" + "".join(f" {x} |" for x in ratios))
+    sys.stdout.flush()
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--configs", nargs="+", default=["small", "large"], choices=list(CONFIGS))
-    parser.add_argument("--steps", type=int, default=20)
-    parser.add_argument("--sweeps", type=int, default=3)
+    parser.add_argument("--steps", type=int, default=10, help="training steps per turn (small config)")
+    parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--gen-length", type=int, default=500)
+    parser.add_argument("--idle", type=float, default=0.0,
+                        help="start each turn only when the CPUs are less busy than this fraction (0: never wait)")
     parser.add_argument("--skip-generation", action="store_true")
     args = parser.parse_args()
-    if torch is not None:
-        torch.set_num_threads(os.cpu_count() or 1)
-    print(f"jax {jax.__version__} on {jax.devices()[0].platform}, "
-          f"torch {torch.__version__ if torch else 'not installed'}, {os.cpu_count()} CPU cores")
+    torch_ok = _have_torch()
+    import jax
+    print(f"jax {jax.__version__}, torch {'installed' if torch_ok else 'not installed'}, "
+          f"{os.cpu_count()} CPU cores, load average {os.getloadavg()[0]:.2f}")
     for name in args.configs:
-        steps = args.steps if name == "small" else max(3, args.steps // 4)
-        bench_training(name, CONFIGS[name], steps, args.sweeps)
+        cfg = CONFIGS[name]
+        steps = args.steps if name == "small" else max(2, args.steps // 4)
+        contestants = {"jaxseq GRU (custom BPTT)": (jaxseq_trainer, (cfg, steps, "custom")),
+                       "jaxseq GRU (autodiff)": (jaxseq_trainer, (cfg, steps, "autodiff")),
+                       "Flax nn.RNN(GRUCell)": (flax_trainer, (cfg, steps))}
+        if torch_ok:
+            contestants["PyTorch nn.GRU"] = (torch_trainer, (cfg, steps))
+        seconds = race(contestants, rounds=args.rounds, idle=args.idle)
+        _table(f"training, {name}: vocab {cfg['vocab']}, batch {cfg['batch']}, seq {cfg['seq']}, hidden "
+               f"{cfg['hidden']} ({args.rounds} rounds of {steps} steps)", seconds,
+               cfg["batch"] * cfg["seq"] * steps, "tokens/s", "Flax nn.RNN(GRUCell)",
+               ["Flax nn.RNN(GRUCell)", "PyTorch nn.GRU"])
     if not args.skip_generation:
-        bench_generation(args.gen_length, args.sweeps)
+        contestants = {"jaxseq on-device lax.scan": (jaxseq_on_device, (args.gen_length,)),
+                       "Python loop around a jitted step": (jax_python_loop, (args.gen_length,))}
+        if torch_ok:
+            contestants["PyTorch eager loop"] = (torch_eager_loop, (args.gen_length,))
+        seconds = race(contestants, rounds=args.rounds, idle=args.idle)
+        ours = "jaxseq on-device lax.scan"
+        inverted = {k: [s / w for s, w in zip(seconds[ours], v)] for k, v in seconds.items()}
+        _table(f"generation: GRU hidden {GEN_HIDDEN}, vocab {GEN_VOCAB}, batch 1, {args.gen_length} characters "
+               "(ratios: how many times faster the on-device sampler is)", seconds, args.gen_length, "chars/s",
+               ours, [])
+        print("\n| on-device sampler vs | speed-up (median of rounds) |\n|---|---|")
+        for k, v in inverted.items():
+            if k != ours:
+                print(f"| {k} | {statistics.median(1 / x for x in v):.2f}x |")
 
 
 if __name__ == "__main__":

@@ -58,7 +58,7 @@ def model_flops_per_step(seq: int = T, batch: int = B) -> float:
 
 def sinusoidal_positions(length: int, d_model: int):
     """The Transformer's position table (as jaxseq.transformer's; here so PyTorch and plain Flax
-    workers run without importing jaxseq, whose import tunes glibc's malloc: jaxseq/memory.py)."""
+    workers run without importing jaxseq)."""
     import numpy as np
     pos = np.arange(length)[:, None] / np.power(10000.0, np.arange(0, d_model, 2) / d_model)[None, :]
     table = np.zeros((length, d_model))
@@ -271,7 +271,7 @@ BUILDERS = {
     "jaxseq": jaxseq_trainer,
     # the two measured fixes undone, one at a time:
     "jaxseq-unblocked": lambda act: jaxseq_trainer(act, causal_block=0),    # one masked T x T product
-    "jaxseq-glibc": jaxseq_trainer,                                         # JAXSEQ_KEEP_MEMORY=0
+    "jaxseq-glibc": jaxseq_trainer,                                         # keep_freed_memory not called
     "flax": flax_trainer,
     "torch": torch_trainer,
 }
@@ -299,8 +299,9 @@ def _wait_idle(threshold: float, timeout: float) -> bool:
 
 
 def _worker(conn, name: str, activation: str):
-    if name == "jaxseq-glibc":
-        os.environ["JAXSEQ_KEEP_MEMORY"] = "0"
+    if name in ("jaxseq", "jaxseq-unblocked", "generation"):
+        from jaxseq.memory import keep_freed_memory
+        keep_freed_memory()               # as `jaxseq train --model transformer` does (jaxseq/memory.py)
     if name == "generation":
         cached, recompute, agree = generation_runners(activation)
         runs = {"cached": cached, "recompute": recompute}

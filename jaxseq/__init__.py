@@ -1,9 +1,6 @@
 """jaxseq: sequence models in JAX/Flax, from n-grams to Transformers."""
 
-from jaxseq.memory import keep_freed_memory
-
-keep_freed_memory()     # before XLA starts its threads: no page faults on per-step buffers (memory.py)
-
+from jaxseq.memory import keep_freed_memory    # call first thing in a Transformer job (memory.py)
 from jaxseq.errors import CheckpointError, ConfigError, DataError, FetchError, JaxseqError, TrainingError
 from jaxseq.data.text import read_text, preprocess, tokenize, detokenize
 from jaxseq.data.vocab import Vocab

@@ -101,7 +101,9 @@ def build_parser() -> argparse.ArgumentParser:
         tl.add_argument("--alpha", type=float, default=0.6, help="beam length normalisation exponent")
         tl.add_argument("--max-len", type=int, default=None, help="longest output (default: the run's --max-len)")
         tl.add_argument("--show-attention", type=Path, default=None,
-                        help="write the attention heatmap of the first sentence to this PNG")
+                        help="write the attention heatmap of the first sentence to this PNG (transformer: "
+                             "cross-attention per layer and head, self-attention to PNG.encoder.png and "
+                             "PNG.decoder.png)")
 
     stats = commands.add_parser("stats", help="corpus statistics: top n-grams and a Zipf plot")
     stats.add_argument("--data", default="builtin")
@@ -237,6 +239,9 @@ def main(argv: list | None = None) -> int:
                 "stats": _cmd_stats, "data": _cmd_data}
     try:
         if args.command == "train":
+            if getattr(args, "model", None) == "transformer":
+                from jaxseq.memory import keep_freed_memory
+                keep_freed_memory()         # before XLA starts its threads (memory.py)
             return _cmd_train_lm(args) if args.task == "lm" else _cmd_train_translate(args)
         return handlers[args.command](args)
     except JaxseqError as err:

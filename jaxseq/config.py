@@ -68,7 +68,9 @@ def add_arguments(parser: argparse.ArgumentParser | argparse._ArgumentGroup, cls
     """
     hints = typing.get_type_hints(cls)
     defaults = defaults or {}
-    for field in dataclasses.fields(cls):
+    own = set(vars(cls).get("__annotations__", {}))
+    fields = sorted(dataclasses.fields(cls), key=lambda f: f.name not in own)   # inherited options last
+    for field in fields:
         if field.name in exclude:
             continue
         default = defaults.get(field.name, field.default)

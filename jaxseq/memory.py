@@ -10,9 +10,14 @@ a zeroed page each, ~25-35% of the step time on the project's 2-core CPU
 memory instead: one arena (the main, ``brk``-grown heap), no ``mmap`` for
 large blocks, and no trimming of the heap's top.
 
-The cost: the process keeps its peak heap (it is not returned to the system
-until exit). Set ``JAXSEQ_KEEP_MEMORY=0`` to leave glibc's defaults; other C
-libraries (macOS, musl) are left alone.
+The costs: the process keeps its peak heap (it is not returned to the system
+until exit), and XLA's threads share one arena's lock, which slowed the
+small-matrix GRU training step by about 10% (``benchmarks/bench_rnn.py``
+setup, measured 2026-11-27). So the settings are not applied at import:
+``jaxseq train ... --model transformer`` applies them before XLA starts its
+threads, and a program that trains a Transformer through the library calls
+:func:`keep_freed_memory` first thing. ``JAXSEQ_KEEP_MEMORY=0`` turns them
+off; other C libraries (macOS, musl) are left alone.
 """
 
 from __future__ import annotations

@@ -107,6 +107,21 @@ def learning_curve(metrics_path: str | os.PathLike, path: str | os.PathLike,
     return save_figure(fig, path)
 
 
+def _attention_weights(weights, rows: int, cols: int, leading: int, where: str) -> np.ndarray:
+    """``weights`` as float64 with ``leading`` axes before ``(T, S)``, cut to ``(rows, cols)`` tokens."""
+    w = np.asarray(weights, np.float64)
+    if w.ndim != leading + 2 or w.shape[-2] < rows or w.shape[-1] < cols:
+        raise DataError(f"{where}: weights of shape {w.shape} do not cover {rows} target x {cols} source tokens")
+    return w[..., :rows, :cols]
+
+
+def _draw_attention(ax, w: np.ndarray, src_tokens: Sequence[str], tgt_tokens: Sequence[str], labels: bool):
+    image = ax.imshow(w, cmap="Reds", vmin=0.0, vmax=1.0, aspect="auto")
+    ax.set_xticks(range(len(src_tokens)), list(src_tokens) if labels else [], rotation=90)
+    ax.set_yticks(range(len(tgt_tokens)), list(tgt_tokens) if labels else [])
+    return image
+
+
 def attention_heatmap(weights, src_tokens: Sequence[str], tgt_tokens: Sequence[str],
                       path: str | os.PathLike, title: str = "attention") -> Path:
     """Attention weights as a heatmap: one row per target token, one column per source token.
@@ -115,18 +130,38 @@ def attention_heatmap(weights, src_tokens: Sequence[str], tgt_tokens: Sequence[s
     positions the decoder used when writing ``tgt_tokens[t]``; it is cut to
     ``(len(tgt_tokens), len(src_tokens))`` (padding columns are not drawn).
     """
-    w = np.asarray(weights, np.float64)
-    if w.ndim != 2 or w.shape[0] < len(tgt_tokens) or w.shape[1] < len(src_tokens):
-        raise DataError(f"attention_heatmap: weights of shape {w.shape} do not cover "
-                        f"{len(tgt_tokens)} target x {len(src_tokens)} source tokens")
-    w = w[:len(tgt_tokens), :len(src_tokens)]
+    w = _attention_weights(weights, len(tgt_tokens), len(src_tokens), 0, "attention_heatmap")
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(0.45 * len(src_tokens) + 2.5, 0.4 * len(tgt_tokens) + 1.8))
-    image = ax.imshow(w, cmap="Reds", vmin=0.0, vmax=1.0, aspect="auto")
-    ax.set_xticks(range(len(src_tokens)), list(src_tokens), rotation=90)
-    ax.set_yticks(range(len(tgt_tokens)), list(tgt_tokens))
+    image = _draw_attention(ax, w, src_tokens, tgt_tokens, True)
     ax.set_xlabel("source")
     ax.set_ylabel("target")
     ax.set_title(title)
     fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
+    return save_figure(fig, path)
+
+
+def attention_grid(weights, key_tokens: Sequence[str], query_tokens: Sequence[str],
+                   path: str | os.PathLike, title: str = "attention") -> Path:
+    """Multi-head attention of every layer: a grid of heatmaps, one row per layer, one column per head.
+
+    ``weights`` is ``(L, H, Q, K)``, cut to ``(len(query_tokens),
+    len(key_tokens))``; the tokens label the left column and the bottom row.
+    """
+    w = _attention_weights(weights, len(query_tokens), len(key_tokens), 2, "attention_grid")
+    layers, heads = w.shape[:2]
+    plt = pyplot()
+    cell_w, cell_h = 0.3 * len(key_tokens) + 1.0, 0.28 * len(query_tokens) + 0.9
+    fig, axes = plt.subplots(layers, heads, figsize=(cell_w * heads + 1.5, cell_h * layers + 1.0), squeeze=False)
+    for i in range(layers):
+        for j in range(heads):
+            ax = axes[i, j]
+            image = _draw_attention(ax, w[i, j], key_tokens, query_tokens, True)
+            if i < layers - 1:
+                ax.set_xticks([])
+            if j:
+                ax.set_yticks([])
+            ax.set_title(f"layer {i + 1}, head {j + 1}", fontsize=8)
+    fig.suptitle(title)
+    fig.colorbar(image, ax=axes, fraction=0.02, pad=0.02)
     return save_figure(fig, path)

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import functools
 import math
+from dataclasses import dataclass
 from typing import Any, Callable
 
 import flax.linen as nn
@@ -42,6 +43,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxseq.attention import MultiHeadAttention, Projection
+from jaxseq.config import option
 from jaxseq.errors import ConfigError
 
 Array = jax.Array
@@ -51,6 +53,43 @@ ACTIVATIONS: dict[str, Callable[[Array], Array]] = {
     "relu": jax.nn.relu,
     "gelu": lambda x: jax.nn.gelu(x, approximate=True),     # GPT-2's tanh form
 }
+
+
+@dataclass(frozen=True)
+class TransformerOptions:
+    """The Transformer's flags, shared by the language model and the translation model configs.
+
+    The number of blocks is the config's ``layers`` and the dropout its
+    ``dropout`` (flags both model families share).
+    """
+
+    d_model: int = option(128, "transformer: width of the residual stream")
+    heads: int = option(4, "transformer: attention heads (must divide --d-model)")
+    ffn: int | None = option(None, "transformer: hidden units of the feed-forward layers (default 4 x --d-model)")
+    ffn_activation: str = option("relu", "transformer: nonlinearity of the feed-forward layers (gelu: tanh form)",
+                                 choices=tuple(ACTIVATIONS))
+    positional: str = option("sinusoidal", "transformer: position encoding", choices=POSITIONALS)
+    norm: str = option("post", "transformer: layer norm after each residual addition (post, the paper's) "
+                       "or before each sublayer (pre, GPT-2's)", choices=NORMS)
+    scan_layers: bool = option(False, "transformer: run the blocks as one nn.scan (compile time flat in depth)")
+
+    def validate_transformer(self) -> None:
+        for name in ("d_model", "heads", "ffn"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ConfigError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
+        if self.d_model % self.heads:
+            raise ConfigError(f"--d-model {self.d_model} is not divisible by --heads {self.heads}")
+        for name, allowed in (("ffn_activation", tuple(ACTIVATIONS)), ("positional", POSITIONALS),
+                              ("norm", NORMS)):
+            if getattr(self, name) not in allowed:
+                raise ConfigError(f"--{name.replace('_', '-')} must be one of {', '.join(allowed)}, "
+                                  f"got {getattr(self, name)!r}")
+
+    def stack_options(self) -> dict[str, Any]:
+        """The keyword arguments of :class:`Stack` these options set."""
+        return dict(d_model=self.d_model, num_heads=self.heads, ffn=self.ffn or 4 * self.d_model,
+                    activation=self.ffn_activation, norm=self.norm, scan_layers=self.scan_layers)
 
 
 # -- pure functions -----------------------------------------------------------------------
@@ -169,7 +208,7 @@ class Embedder(nn.Module):
         t = tokens.shape[1]
         if t > self.max_len:
             raise ConfigError(f"a sequence of {t} tokens is longer than the model's {self.max_len} positions; "
-                              "shorten --seq-len or raise --context")
+                              "shorten it or raise the positions (--context of a language model, --max-len of a translation model)")
         x = self.embed(tokens).astype(self.dtype) * math.sqrt(self.d_model)
         table = jnp.asarray(self.positions, self.dtype)
         if positions is None:

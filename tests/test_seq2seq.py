@@ -17,14 +17,18 @@ import pytest
 import sacrebleu
 
 from jaxseq import decode, metrics
-from jaxseq.models.seq2seq import GRUEncoder, RNNEncoderDecoder, TranslationModelConfig, build_translation_model
+from jaxseq.models.seq2seq import (GRUEncoder, RNNEncoderDecoder, TransformerEncoderDecoder, TranslationModelConfig,
+                                   attention_maps, build_translation_model, cross_attention)
 from jaxseq.errors import ConfigError
 
 SRC_V, TGT_V, BOS, EOS = 11, 13, 1, 2
-MODELS = {"seq2seq": None, "bahdanau": "additive"}
+MODELS = {"seq2seq": None, "bahdanau": "additive", "transformer": "transformer"}
 
 
-def make_model(attention):
+def make_model(attention, **kwargs):
+    if attention == "transformer":
+        return TransformerEncoderDecoder(SRC_V, TGT_V, max_len=12, d_model=16, num_heads=2, num_layers=2, ffn=24,
+                                         dropout=0.1, **kwargs)
     return RNNEncoderDecoder(SRC_V, TGT_V, embed=8, hidden=16, layers=2, dropout=0.1, attention=attention)
 
 
@@ -42,8 +46,8 @@ def batch():
 class Setup:
     """A small model, its parameters and a jitted teacher-forced forward pass (compiled once per shape)."""
 
-    def __init__(self, attention, batch):
-        self.model = make_model(attention)
+    def __init__(self, attention, batch, **kwargs):
+        self.model = make_model(attention, **kwargs)
         self.params = jax.jit(lambda k: self.model.init({"params": k}, batch)["params"])(jax.random.PRNGKey(1))
         self.forward = jax.jit(lambda p, b: self.model.apply({"params": p}, b)[0])
 
@@ -131,6 +135,41 @@ def test_attention_weights_are_sown_and_masked(batch):
     assert np.all(w[np.broadcast_to(~real[:, None], w.shape)] < 1e-6)
 
 
+@pytest.mark.parametrize("options", [dict(scan_layers=True, norm="pre"), dict(positional="learned")])
+def test_transformer_variants_decode_what_training_computes(batch, options):
+    setup = Setup("transformer", batch, **options)
+    _source_padding_is_ignored(setup, batch)
+    _decode_step_equals_teacher_forcing(setup, batch)
+
+
+def test_transformer_attention_maps_per_layer_and_head(batch):
+    """Every block's weights are sown; scanned and unrolled stacks give the same maps for the same weights."""
+    maps = {}
+    for scan in (False, True):
+        model = make_model("transformer", scan_layers=scan)
+        params = jax.jit(lambda k: model.init(k, batch)["params"])(jax.random.PRNGKey(0))
+        if scan:        # the unrolled stack's weights, stacked on a leading layer axis
+            stack = lambda tree: {"blocks": jax.tree_util.tree_map(lambda *x: jnp.stack(x),
+                                                                   tree["block_0"], tree["block_1"])}
+            params = dict(params, encoder=stack(unrolled["encoder"]), decoder=stack(unrolled["decoder"]))
+        else:
+            unrolled = params
+        _, state = model.apply({"params": params}, batch, mutable=["intermediates"])
+        maps[scan] = attention_maps(state["intermediates"])
+        top = cross_attention(model, state["intermediates"])
+    for kind in ("encoder", "decoder", "cross"):
+        np.testing.assert_allclose(maps[True][kind], maps[False][kind], rtol=1e-5, atol=1e-6)
+    enc, dec, cross = (np.asarray(maps[False][k]) for k in ("encoder", "decoder", "cross"))
+    assert enc.shape == (2, 4, 2, 6, 6) and dec.shape == (2, 4, 2, 5, 5) and cross.shape == (2, 4, 2, 5, 6)
+    for w in (enc, dec, cross):
+        np.testing.assert_allclose(w.sum(-1), 1.0, rtol=1e-5)
+    padded = np.arange(6)[None] >= batch["src_len"][:, None]                       # (B, S)
+    assert np.all(cross[np.broadcast_to(padded[None, :, None, None], cross.shape)] < 1e-6)
+    assert np.all(enc[np.broadcast_to(padded[None, :, None, None], enc.shape)] < 1e-6)
+    assert np.all(np.triu(np.ones((5, 5), bool), 1)[None, None, None] <= (dec < 1e-6))      # causal
+    np.testing.assert_allclose(top, cross[-1].mean(axis=1), rtol=1e-6)
+
+
 def test_training_mode_uses_dropout(setup, batch):
     train = jax.jit(lambda p, k: setup.model.apply({"params": p}, batch, train=True, rngs={"dropout": k})[0])
     a, b = train(setup.params, jax.random.PRNGKey(0)), train(setup.params, jax.random.PRNGKey(1))
@@ -143,8 +182,14 @@ def test_config_validation():
         TranslationModelConfig(model="transformerx").validate()
     with pytest.raises(ConfigError, match="--dropout"):
         TranslationModelConfig(dropout=1.0).validate()
+    with pytest.raises(ConfigError, match="--d-model 30 is not divisible by --heads 4"):
+        TranslationModelConfig(model="transformer", d_model=30, heads=4).validate()
+    TranslationModelConfig(model="seq2seq", d_model=30, heads=4).validate()        # RNN models ignore them
     m = build_translation_model(TranslationModelConfig(model="seq2seq", embed=4, hidden=8, layers=1), 5, 6)
     assert m.attention is None and m.target_key == "tgt_out"
+    t = build_translation_model(TranslationModelConfig(model="transformer", d_model=8, heads=2, layers=3), 5, 6,
+                                max_len=12)
+    assert (t.max_len, t.num_layers, t.num_heads, t.ffn, t.dropout) == (12, 3, 2, 32, 0.2)
 
 
 # -- greedy and beam search ---------------------------------------------------------------------

@@ -124,3 +124,29 @@ def test_resume_continues_the_run(trained, pairs_file, tmp_path, capsys):
     assert json.loads((workdir / "results.json").read_text())["step"] == 125
     code, _, err = run_cli(capsys, "train", "translate", "--workdir", workdir, "--resume", "--hidden", "64")
     assert code == 1 and "--hidden 64 differs" in err
+
+
+TRANSFORMER = ["--model", "transformer", "--d-model", "32", "--heads", "2", "--ffn", "64", "--label-smoothing",
+               "0.05", "--schedule", "rsqrt", "--warmup", "20"]
+
+
+def test_transformer_memorises_the_pairs_and_draws_every_head(pairs_file, tmp_path, capsys):
+    """``--model transformer`` through the same job: label smoothing, the rsqrt warmup schedule,
+    greedy and beam search, and attention grids per layer and head."""
+    workdir = tmp_path / "transformer"
+    code, out, _ = run_cli(capsys, "train", "translate", "--data", pairs_file, *TINY, *TRANSFORMER,
+                           "--lr", "0.01", "--steps", "150", "--workdir", workdir)
+    assert code == 0 and "model: transformer" in out
+    config = json.loads((workdir / "config.json").read_text())
+    assert config["model"]["d_model"] == 32 and config["train"]["label_smoothing"] == 0.05
+    code, out, _ = run_cli(capsys, "evaluate", "--workdir", workdir, "--data", pairs_file, "--beam", "3")
+    result = json.loads(out.strip().splitlines()[-1])
+    assert result["bleu"] == pytest.approx(100.0) and result["exact"] == 1.0
+    png = tmp_path / "heads.png"
+    code, out, _ = run_cli(capsys, "translate", "--workdir", workdir, "the big dog", "two cats",
+                           "--show-attention", png)
+    assert code == 0 and out.splitlines() == ["le gros chien", "deux chats"]
+    for path in (png, tmp_path / "heads.png.encoder.png", tmp_path / "heads.png.decoder.png"):
+        assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    code, _, err = run_cli(capsys, "translate", "--workdir", workdir, "--max-len", "9", "one cat")
+    assert code == 1 and "has 8 positions" in err and err.count("\n") == 1

@@ -25,6 +25,7 @@ from jaxseq import cells
 from jaxseq.config import option
 from jaxseq.errors import ConfigError
 from jaxseq.models.recurrent import StackedRecurrent, apply_dense_2d
+from jaxseq.transformer import TransformerOptions
 
 Array = jax.Array
 RNN_MODELS = ("rnn", "gru", "lstm")
@@ -34,7 +35,7 @@ LM_MODELS = ("ngram",) + RNN_MODELS + MIN_MODELS + TRANSFORMER_MODELS
 
 
 @dataclass(frozen=True)
-class LMModelConfig:
+class LMModelConfig(TransformerOptions):
     """Architecture of a neural language model."""
 
     model: str = option("gru", "the model", choices=LM_MODELS)
@@ -52,17 +53,8 @@ class LMModelConfig:
     min_runner: str = option("parallel", "mingru/minlstm: training runs the recurrence as an associative scan "
                              "(parallel) or a lax.scan (sequential; faster on a 2-core CPU, see benchmarks)",
                              choices=cells.MIN_RUNNERS)
-    d_model: int = option(128, "transformer: width of the residual stream")
-    heads: int = option(4, "transformer: attention heads (must divide --d-model)")
-    ffn: int | None = option(None, "transformer: hidden units of the feed-forward layers (default 4 x --d-model)")
-    ffn_activation: str = option("relu", "transformer: nonlinearity of the feed-forward layers (gelu: tanh form)",
-                                 choices=("relu", "gelu"))
-    positional: str = option("sinusoidal", "transformer: position encoding", choices=("sinusoidal", "learned"))
-    norm: str = option("post", "transformer: layer norm after each residual addition (post, the paper's) "
-                       "or before each sublayer (pre, GPT-2's)", choices=("post", "pre"))
     context: int | None = option(None, "transformer: the most positions it reads (decode cache, learned "
                                  "positions; default --seq-len); longer generation slides a window")
-    scan_layers: bool = option(False, "transformer: run the blocks as one nn.scan (compile time flat in depth)")
 
     def validate(self) -> None:
         if self.model not in LM_MODELS:
@@ -80,12 +72,9 @@ class LMModelConfig:
         if self.model in MIN_MODELS and self.embedding not in (None, self.hidden):
             raise ConfigError(f"--model {self.model} embeds tokens in --hidden dimensions; drop --embedding")
         if self.model in TRANSFORMER_MODELS:
-            for name in ("d_model", "heads", "ffn", "context"):
-                value = getattr(self, name)
-                if value is not None and value < 1:
-                    raise ConfigError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
-            if self.d_model % self.heads:
-                raise ConfigError(f"--d-model {self.d_model} is not divisible by --heads {self.heads}")
+            self.validate_transformer()
+            if self.context is not None and self.context < 1:
+                raise ConfigError(f"--context must be at least 1, got {self.context}")
 
 
 class RNNLM(nn.Module):
@@ -174,9 +163,7 @@ def build_lm(config: LMModelConfig, vocab_size: int, dtype: Any = jnp.float32, r
             raise ConfigError("--model transformer needs --context (or the training --seq-len)")
         if seq_len is not None and seq_len > context:
             raise ConfigError(f"--seq-len {seq_len} is longer than --context {context}; raise --context")
-        return TransformerLM(vocab_size=vocab_size, context=context, d_model=config.d_model,
-                             num_heads=config.heads, num_layers=config.layers, ffn=config.ffn,
-                             dropout=config.dropout, positional=config.positional, norm=config.norm,
-                             activation=config.ffn_activation, scan_layers=config.scan_layers, remat=remat,
-                             dtype=dtype)
+        return TransformerLM(vocab_size=vocab_size, context=context, num_layers=config.layers,
+                             dropout=config.dropout, positional=config.positional, remat=remat, dtype=dtype,
+                             **config.stack_options())
     raise ConfigError(f"--model {config.model} is not a neural language model")

@@ -1,6 +1,6 @@
-"""Encoder-decoder models for translation: the RNN encoder-decoder and Bahdanau attention.
+"""Encoder-decoder models for translation: the RNN encoder-decoder, Bahdanau attention, the Transformer.
 
-Both read a source ``x_1 .. x_S`` (ending with ``<eos>``) and, with teacher
+All read a source ``x_1 .. x_S`` (ending with ``<eos>``) and, with teacher
 forcing, the target shifted right ``<bos> y_1 .. y_{T-1}`` (``tgt_in``), and
 return logits ``(B, T, V)`` for ``y_1 .. y_T`` (``tgt_out``); the trainer's
 masked cross-entropy over the real target tokens is the loss.
@@ -40,11 +40,26 @@ search reorders it), and ``decode_step(state, tokens (B,))`` returns
 weights ``(B, T, S)`` as the top-level intermediate ``"attention"``
 (``model.apply(v, batch, mutable=["intermediates"])``) for inspection.
 
-Another architecture (the Transformer) joins by adding its name to
-``TRANSLATION_MODELS``, a branch in :func:`build_translation_model` (plus
-its fields in :class:`TranslationModelConfig`) and, if it has
-encoder-decoder attention, the sown ``"attention"`` (see :func:`has_attention`);
-the trainer, greedy and beam search, BLEU and the CLI need nothing more.
+``transformer`` (Vaswani et al., 2017; D2L 11.7): an encoder stack over the
+embedded source and a decoder stack over the embedded target (layers,
+equations and the decode cache in :mod:`jaxseq.transformer`)::
+
+    M   = Encoder(E_src[x] sqrt(d) + P)         (B, S, D)  self-attention masked to the source length
+    Y   = Decoder(E_tgt[y_<t] sqrt(d) + P, M)  (B, T, D)  causal self-attention, cross-attention to M
+    o_t = Y_t W_o + b_o                         (B, T, V)
+
+Decoding runs the decoder one token per step over a key/value cache of
+``max_len`` positions (the run's ``--max-len``); the encoder's keys and
+values are projected once per sentence. Every block sows its attention
+weights ``(B, H, Q, K)``; :func:`attention_maps` collects them per layer
+and head, and the top-level ``"attention"`` is the last block's
+cross-attention averaged over heads.
+
+Another architecture joins by adding its name to ``TRANSLATION_MODELS``, a
+branch in :func:`build_translation_model` (plus its fields in
+:class:`TranslationModelConfig`) and, if it has encoder-decoder attention,
+the sown ``"attention"`` (see :func:`has_attention`); the trainer, greedy
+and beam search, BLEU and the CLI need nothing more.
 """
 
 from __future__ import annotations
@@ -57,25 +72,28 @@ import jax
 import jax.numpy as jnp
 
 from jaxseq import cells
+from jaxseq.attention import Projection
 from jaxseq.config import option
 from jaxseq.errors import ConfigError
 from jaxseq.models.recurrent import StackedRecurrent, apply_dense_2d
+from jaxseq.transformer import Embedder, Stack, TransformerOptions
 
 Array = jax.Array
-TRANSLATION_MODELS = ("seq2seq", "bahdanau")
+TRANSLATION_MODELS = ("seq2seq", "bahdanau", "transformer")
 ATTENTION_SCORES = ("additive", "dot")
 
 
 @dataclass(frozen=True)
-class TranslationModelConfig:
-    """Architecture of a translation model."""
+class TranslationModelConfig(TransformerOptions):
+    """Architecture of a translation model (the Transformer's flags are :class:`TransformerOptions`)."""
 
-    model: str = option("bahdanau", "the model: an RNN encoder-decoder (seq2seq) or one with Bahdanau "
-                        "attention (bahdanau)", choices=TRANSLATION_MODELS)
-    embed: int = option(256, "embedding dimension of source and target words")
-    hidden: int = option(256, "hidden units of each GRU layer (encoder and decoder)")
-    layers: int = option(2, "GRU layers of the encoder and of the decoder")
-    dropout: float = option(0.2, "dropout between GRU layers (and on attention weights)")
+    model: str = option("bahdanau", "the model: an RNN encoder-decoder (seq2seq), one with Bahdanau "
+                        "attention (bahdanau) or a Transformer (transformer)", choices=TRANSLATION_MODELS)
+    embed: int = option(256, "embedding dimension of source and target words (RNN models)")
+    hidden: int = option(256, "hidden units of each GRU layer, encoder and decoder (RNN models)")
+    layers: int = option(2, "GRU layers (RNN models) or Transformer blocks of the encoder and of the decoder")
+    dropout: float = option(0.2, "dropout between GRU layers and on attention weights; in the Transformer "
+                            "also on embeddings and sublayer outputs")
     attention: str = option("additive", "attention scoring of the bahdanau model: additive or scaled "
                             "dot product", choices=ATTENTION_SCORES)
 
@@ -89,6 +107,8 @@ class TranslationModelConfig:
                 raise ConfigError(f"--{name} must be at least 1, got {getattr(self, name)}")
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"--dropout must lie in [0, 1), got {self.dropout}")
+        if self.model == "transformer":
+            self.validate_transformer()
 
 
 # -- the encoder ---------------------------------------------------------------------------
@@ -293,14 +313,114 @@ class RNNEncoderDecoder(nn.Module):
         return self.decoder.step(state, tokens)
 
 
+class TransformerEncoderDecoder(nn.Module):
+    """The ``transformer`` translation model (module docstring) behind the model contract.
+
+    ``max_len`` bounds both sides: the longest source, and the positions of
+    the decode cache (a decode of at most ``max_len`` tokens). The decode
+    state is ``{"cache": per-block caches, "src_len": (B,), "index": (B,)}``,
+    every leaf batch-major.
+    """
+
+    src_vocab_size: int
+    tgt_vocab_size: int
+    max_len: int
+    d_model: int = 256
+    num_heads: int = 4
+    num_layers: int = 2
+    ffn: int = 1024
+    dropout: float = 0.0
+    positional: str = "sinusoidal"
+    norm: str = "post"
+    activation: str = "relu"
+    scan_layers: bool = False
+    remat: bool = False
+    dtype: Any = jnp.float32
+
+    target_key: ClassVar[str] = "tgt_out"
+    recurrent: ClassVar[bool] = False
+
+    def setup(self):
+        embed = lambda vocab, name: Embedder(vocab, self.d_model, self.max_len, self.positional, self.dropout,
+                                             self.dtype, name=name)
+        stack = lambda name, **kw: Stack(self.num_layers, self.d_model, self.num_heads, self.ffn,
+                                         dropout=self.dropout, norm=self.norm, activation=self.activation,
+                                         scan_layers=self.scan_layers, remat=self.remat, sow_weights=True,
+                                         dtype=self.dtype, name=name, **kw)
+        self.src_embedder, self.tgt_embedder = embed(self.src_vocab_size, "src_embedder"), embed(
+            self.tgt_vocab_size, "tgt_embedder")
+        self.encoder = stack("encoder")
+        self.decoder = stack("decoder", decoder=True, cross_attention=True)
+        self.out = Projection(self.tgt_vocab_size, dtype=self.dtype, name="out")
+
+    def encode(self, batch: dict[str, Array], *, train: bool = False) -> tuple[Array, Array]:
+        """``M`` ``(B, S, D)`` and ``src_len`` ``(B,)`` of ``batch["src"]`` ``(B, S)``, ``batch["src_len"]``."""
+        src_len = jnp.asarray(batch["src_len"], jnp.int32)
+        memory = self.encoder(self.src_embedder(batch["src"], train=train), valid_lens=src_len, train=train)
+        return memory, src_len
+
+    def __call__(self, batch: dict[str, Array], *, train: bool = False, carry=None):
+        """Teacher forcing: ``batch["tgt_in"]`` ``(B, T)`` -> ``(logits (B, T, V), None)``."""
+        memory, src_len = self.encode(batch, train=train)
+        y = self.decoder(self.tgt_embedder(batch["tgt_in"], train=train), memory=memory, memory_valid_lens=src_len,
+                         train=train)
+        return self.out(y), None
+
+    def decode_init(self, batch: dict[str, Array]) -> dict[str, Any]:
+        memory, src_len = self.encode(batch)
+        b = memory.shape[0]
+        return {"cache": self.decoder.init_cache(b, self.max_len, memory), "src_len": src_len,
+                "index": jnp.zeros((b,), jnp.int32)}
+
+    def decode_step(self, state: dict[str, Any], tokens: Array) -> tuple[Array, dict[str, Any]]:
+        """``tokens`` ``(B,)`` at position ``state["index"]`` -> ``(logits (B, V), state)``."""
+        x = self.tgt_embedder(tokens[:, None], state["index"][:, None])
+        y, cache = self.decoder.decode(x, state["cache"], state["src_len"])
+        return self.out(y[:, 0]), dict(state, cache=cache, index=state["index"] + 1)
+
+
+def attention_maps(intermediates: dict) -> dict[str, Array]:
+    """The attention weights a :class:`TransformerEncoderDecoder` sowed, per kind, ``(L, B, H, Q, K)``.
+
+    ``intermediates``: the ``"intermediates"`` collection of an ``apply(...,
+    mutable=["intermediates"])``. Kinds: ``encoder`` (self-attention over the
+    source), ``decoder`` (causal self-attention), ``cross`` (decoder over the
+    source); layer order as in the stack (a scanned stack is split along its
+    layer axis).
+    """
+    kinds = {"encoder": ("encoder", "attention_weights"), "decoder": ("decoder", "self_attention_weights"),
+             "cross": ("decoder", "cross_attention_weights")}
+    out = {}
+    for kind, (stack, name) in kinds.items():
+        blocks = intermediates.get(stack, {})
+        if "blocks" in blocks:                    # nn.scan: one entry, layers on the leading axis
+            out[kind] = blocks["blocks"][name][0]
+        else:
+            layers = sorted(blocks, key=lambda k: int(k.rsplit("_", 1)[1]))
+            out[kind] = jnp.stack([blocks[k][name][0] for k in layers])
+    return out
+
+
+def cross_attention(model: nn.Module, intermediates: dict) -> Array:
+    """The encoder-decoder attention ``(B, T, S)`` a model sowed (the Transformer's: last block, mean of heads)."""
+    if isinstance(model, TransformerEncoderDecoder):
+        return attention_maps(intermediates)["cross"][-1].mean(axis=1)
+    return intermediates["attention"][0]
+
+
 def build_translation_model(config: TranslationModelConfig, src_vocab_size: int, tgt_vocab_size: int,
-                            dtype: Any = jnp.float32, remat: bool = False) -> nn.Module:
+                            dtype: Any = jnp.float32, remat: bool = False, *, max_len: int = 64) -> nn.Module:
     """The Linen module for ``config`` (``config.model`` picks the architecture).
 
     ``dtype`` is the compute dtype and ``remat`` recomputes activations in
-    the backward pass (the trainer's ``--dtype`` and ``--remat``).
+    the backward pass (the trainer's ``--dtype`` and ``--remat``);
+    ``max_len`` (the data's ``--max-len``) bounds the Transformer's positions.
     """
     config.validate()
+    if config.model == "transformer":
+        return TransformerEncoderDecoder(src_vocab_size, tgt_vocab_size, max_len, num_layers=config.layers,
+                                         dropout=config.dropout, positional=config.positional, remat=remat,
+                                         dtype=dtype, **config.stack_options())
     if config.model in ("seq2seq", "bahdanau"):
         return RNNEncoderDecoder(src_vocab_size, tgt_vocab_size, embed=config.embed, hidden=config.hidden,
                                  layers=config.layers, dropout=config.dropout,
@@ -310,5 +430,5 @@ def build_translation_model(config: TranslationModelConfig, src_vocab_size: int,
 
 
 def has_attention(config: TranslationModelConfig) -> bool:
-    """Whether the model sows encoder-decoder attention weights ``"attention"`` ``(B, T, S)``."""
+    """Whether the model has encoder-decoder attention (:func:`cross_attention` reads its weights)."""
     return config.model != "seq2seq"

@@ -30,7 +30,8 @@ from jaxseq.data.dates import DatesConfig, tokenize_date
 from jaxseq.data.text import read_text
 from jaxseq.data.vocab import Vocab
 from jaxseq.errors import ConfigError, DataError
-from jaxseq.models.seq2seq import TranslationModelConfig, build_translation_model, has_attention
+from jaxseq.models.seq2seq import (TransformerEncoderDecoder, TranslationModelConfig, attention_maps,
+                                   build_translation_model, cross_attention, has_attention)
 from jaxseq.optim import OptimConfig, make_optimizer
 from jaxseq.tasks.common import (Echo, RunConfig, array_fingerprint, compute_dtype, count_params, echo_stdout,
                                  fit_in_workdir, load_vocab, manifest, restore_params, stopped_early, warn,
@@ -183,7 +184,7 @@ def train_translate(run: TranslateRun, workdir: Workdir, *, resume: bool = False
     mesh = parallel.mesh_from_config(run.parallel)
     parallel.check_batch_size(run.data.batch_size, mesh)
     model = build_translation_model(run.model, len(data.src_vocab), len(data.tgt_vocab),
-                                    dtype=compute_dtype(run.train), remat=run.train.remat)
+                                    dtype=compute_dtype(run.train), remat=run.train.remat, max_len=run.data.max_len)
     shard = (jax.process_index(), jax.process_count())
     batches = data.train_batches(seed=run.train.seed, shard=shard)
     total_steps = run.train.total_steps(batches.batches_per_epoch, DEFAULT_STEPS)
@@ -242,7 +243,8 @@ def load_model(workdir: Workdir) -> tuple[TranslateRun, Vocab, Vocab, Any, Any]:
 def _restore_model(workdir: Workdir, run: TranslateRun, src_vocab: Vocab, tgt_vocab: Vocab) -> tuple[Any, Any]:
     tr.check_vocab(src_vocab, "source")
     tr.check_vocab(tgt_vocab, "target")
-    model = build_translation_model(run.model, len(src_vocab), len(tgt_vocab), dtype=compute_dtype(run.train))
+    model = build_translation_model(run.model, len(src_vocab), len(tgt_vocab), dtype=compute_dtype(run.train),
+                                    max_len=run.data.max_len)
     tx = make_optimizer(run.optim, 1)
     b, w = run.data.batch_size, tr.bucket_widths(run.data.max_len, run.data.buckets)[0]
     sample = {"src": np.zeros((b, w), np.int32), "src_len": np.ones((b,), np.int32),
@@ -320,6 +322,9 @@ def translate_texts(workdir: Workdir, texts: Sequence[str], *, input_file: str |
     run, src_vocab, tgt_vocab = load_run(workdir)
     max_len = run.data.max_len if max_len is None else max_len
     decode.check_decode_args(max_len, beam, alpha)
+    if run.model.model == "transformer" and max_len > run.data.max_len:
+        raise ConfigError(f"--max-len {max_len}: the transformer in {workdir} has {run.data.max_len} positions "
+                          f"(its training --max-len); give at most {run.data.max_len}")
     if show_attention is not None and not has_attention(run.model):
         raise ConfigError(f"--show-attention: the run in {workdir} is a {run.model.model} model, which has no "
                           "attention; use a bahdanau run")
@@ -356,22 +361,44 @@ def _is_dates(run: TranslateRun) -> bool:
     return run.data.data == "dates" and not Path(run.data.data).exists()
 
 
-def attention_weights(model, params, batch: dict) -> np.ndarray:
-    """The encoder-decoder attention ``(B, T, S)`` of a teacher-forced pass over ``batch`` (float32)."""
+def _sown_attention(model, params, batch: dict) -> dict:
     _, state = model.apply({"params": params}, batch, train=False, mutable=["intermediates"])
-    weights = state.get("intermediates", {}).get("attention")
-    if weights is None:
+    return state.get("intermediates", {})
+
+
+def attention_weights(model, params, batch: dict) -> np.ndarray:
+    """The encoder-decoder attention ``(B, T, S)`` of a teacher-forced pass over ``batch`` (float32).
+
+    (The Transformer's: its last block's cross-attention averaged over heads.)
+    """
+    sown = _sown_attention(model, params, batch)
+    if not sown:
         raise ConfigError("this model sows no attention weights")
-    return np.asarray(weights[0], np.float32)
+    return np.asarray(cross_attention(model, sown), np.float32)
 
 
 def _attention_plot(model, params, source: tr.SourceEncoding, output: list[int], src_vocab: Vocab,
                     tgt_vocab: Vocab, path: Path) -> None:
-    """Heatmap of the decoder's attention while it wrote ``output`` (its own translation)."""
+    """Heatmap of the decoder's attention while it wrote ``output`` (its own translation).
+
+    A Transformer gets grids of every layer and head: cross-attention at
+    ``path``, and the encoder's and decoder's self-attention beside it
+    (``path.encoder.png``, ``path.decoder.png``).
+    """
     tgt_in = np.array([[tgt_vocab.bos] + output[:-1]], np.int32)
     batch = {"src": source.ids[None].astype(np.int32), "src_len": np.array([len(source.ids)], np.int32),
              "tgt_in": tgt_in}
-    weights = attention_weights(model, params, batch)[0]
     from jaxseq import plots
-    plots.attention_heatmap(weights, src_vocab.decode(source.ids), tgt_vocab.decode(output), path,
-                            title="attention: " + " ".join(source.tokens))
+    src_tokens, tgt_tokens = src_vocab.decode(source.ids), tgt_vocab.decode(output)
+    title = "attention: " + " ".join(source.tokens)
+    if isinstance(model, TransformerEncoderDecoder):
+        maps = {k: np.asarray(v[:, 0], np.float32) for k, v in attention_maps(
+            _sown_attention(model, params, batch)).items()}
+        plots.attention_grid(maps["cross"], src_tokens, tgt_tokens, path, title="cross-" + title)
+        plots.attention_grid(maps["encoder"], src_tokens, src_tokens, f"{path}.encoder.png",
+                             title="encoder self-" + title)
+        fed = tgt_vocab.decode(tgt_in[0])
+        plots.attention_grid(maps["decoder"], fed, fed, f"{path}.decoder.png", title="decoder self-" + title)
+        return
+    weights = attention_weights(model, params, batch)[0]
+    plots.attention_heatmap(weights, src_tokens, tgt_tokens, path, title=title)
