@@ -63,6 +63,9 @@ class TrainConfig:
     dtype: str = option("float32", "compute dtype (parameters and the loss stay float32)",
                         choices=("float32", "bfloat16"))
     remat: bool = option(False, "recompute activations in the backward pass (less memory, more compute)")
+    time_limit: float | None = option(None, "stop after this many seconds of this run (checked every --log-every "
+                                      "steps), then validate, checkpoint and report as at the last step; "
+                                      "the schedule still spans --steps")
     progress: bool = option(True, "show a progress bar")
 
     def validate(self) -> None:
@@ -79,6 +82,8 @@ class TrainConfig:
             raise ConfigError("--log-every and --keep must be at least 1")
         if not 0.0 <= self.label_smoothing < 1.0:
             raise ConfigError(f"--label-smoothing must lie in [0, 1), got {self.label_smoothing}")
+        if self.time_limit is not None and not self.time_limit > 0:
+            raise ConfigError(f"--time-limit must be a positive number of seconds, got {self.time_limit}")
 
     def total_steps(self, batches_per_epoch: int, default: int) -> int:
         if self.steps is not None:
@@ -271,11 +276,21 @@ class _StopSignals:
         return False
 
 
+def _past(t0: float, limit: float) -> bool:
+    """Whether ``limit`` seconds have passed since ``t0`` on process 0 (every process gets its answer)."""
+    late = np.array(time.perf_counter() - t0 > limit)
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+        late = multihost_utils.broadcast_one_to_all(late)
+    return bool(late)
+
+
 @dataclass
 class FitResult:
     state: TrainState
     valid: dict | None = None
     interrupted: int | None = None      # the signal number, if a signal stopped the run
+    timed_out: bool = False             # --time-limit ended the run before total_steps
     seconds: float = 0.0
     history: list[dict] = field(default_factory=list)
 
@@ -294,7 +309,9 @@ def fit(model: nn.Module, state: TrainState, tx: optax.GradientTransformation, b
     ``eval_every`` steps the model is validated (plus ``extra_eval(params)``,
     e.g. BLEU); every ``checkpoint_every`` steps and at the end the state is
     saved. SIGINT/SIGTERM save a checkpoint after the current step and return
-    with ``interrupted`` set.
+    with ``interrupted`` set. With ``config.time_limit`` the run ends like
+    its last step (validation, checkpoint) at the first log step past the
+    limit, with ``timed_out`` set; process 0's clock decides for all.
     """
     echo = echo or (lambda msg: None)
     metrics_log = metrics_log or MetricsLog(Path("/dev/null"), enabled=False)
@@ -387,7 +404,11 @@ def fit(model: nn.Module, state: TrainState, tx: optax.GradientTransformation, b
                     save(step)
                     result.interrupted = stop.received
                     break
-            else:
+                if config.time_limit and step % config.log_every == 0 and _past(t0, config.time_limit):
+                    echo(f"step {step}: --time-limit of {config.time_limit:g}s reached")
+                    result.timed_out = True
+                    break
+            if result.interrupted is None:
                 flush(step)
                 validate(step)
                 save(step)

@@ -112,16 +112,16 @@ def test_perplexity_is_exact_across_batch_splits(small_lm, mesh1):
 
 
 def _fit(model, ids, steps, mesh, *, seed=0, sampling="random", batch_size=4, seq_len=8, lr=1e-2,
-         checkpointer=None, state=None, batches=None, optim=None):
+         checkpointer=None, state=None, batches=None, optim=None, valid=None, **options):
     optim = optim or OptimConfig(optimizer="adam", lr=lr)
     tx = make_optimizer(optim, steps)
     batches = batches or LMBatches(ids, seq_len=seq_len, batch_size=batch_size, sampling=sampling, seed=seed)
     if state is None:
         carry = model.initial_carry(batch_size) if sampling == "sequential" else None
         state = train.create_state(model, tx, batches.batch(0, 0), seed, mesh, carry)
-    config = train.TrainConfig(steps=steps, eval_every=0, log_every=5, progress=False)
+    config = train.TrainConfig(steps=steps, eval_every=0, log_every=5, progress=False, **options)
     result = train.fit(model, state, tx, batches, total_steps=steps, config=config, optim=optim, mesh=mesh,
-                       checkpointer=checkpointer)
+                       checkpointer=checkpointer, valid_batches=valid)
     return result, batches
 
 
@@ -164,6 +164,23 @@ def test_nonfinite_loss_stops_with_the_step_named(small_lm, mesh1):
     optim = OptimConfig(max_nonfinite=3)
     with pytest.raises(TrainingError, match=r"step 4: the loss or gradients became non-finite \(3 steps in a row"):
         _fit(small_lm, ids, 20, mesh1, batches=batches, optim=optim)
+
+
+def test_time_limit_ends_the_run_like_its_last_step(small_lm, mesh1, tmp_path):
+    """Past --time-limit the run stops at the next log step, validated and checkpointed there."""
+    from jaxseq.checkpoint import Checkpointer
+    ids = np.random.default_rng(0).integers(0, 7, size=500).astype(np.int32)
+    valid = [LMBatches(ids, seq_len=8, batch_size=4, seed=1).batch(0, 0)]
+    ckpt = Checkpointer(tmp_path / "ckpt")
+    try:
+        result, _ = _fit(small_lm, ids, 1000, mesh1, checkpointer=ckpt, valid=valid, time_limit=1e-6)
+        assert result.timed_out and result.interrupted is None
+        assert int(result.state.step) == 5 and ckpt.latest_step() == 5
+        assert result.valid["step"] == 5 and np.isfinite(result.valid["nll"])
+    finally:
+        ckpt.close()
+    with pytest.raises(ConfigError, match="--time-limit"):
+        train.TrainConfig(time_limit=0).validate()
 
 
 def _params_equal(a, b):
