@@ -41,7 +41,11 @@ import multiprocessing as mp
 import os
 import platform
 import statistics
+import sys
 import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from harness import wait_idle   # noqa: E402
 
 V, T, B, LAYERS, HEADS, D = 65, 128, 16, 4, 4, 128
 F = 4 * D
@@ -277,27 +281,6 @@ BUILDERS = {
 }
 
 
-def _busy_fraction(seconds: float = 1.0) -> float:
-    """Fraction of all CPUs' time spent busy over ``seconds`` (from /proc/stat)."""
-    def sample():
-        with open("/proc/stat") as f:
-            fields = [int(x) for x in f.readline().split()[1:]]
-        return sum(fields), fields[3] + fields[4]
-    total0, idle0 = sample()
-    time.sleep(seconds)
-    total1, idle1 = sample()
-    return 1.0 - (idle1 - idle0) / max(total1 - total0, 1)
-
-
-def _wait_idle(threshold: float, timeout: float) -> bool:
-    """Block until the machine is nearly idle (our workers wait on their pipes); False on timeout."""
-    end = time.time() + timeout
-    while time.time() < end:
-        if _busy_fraction() < threshold:
-            return True
-    return False
-
-
 def _worker(conn, name: str, activation: str):
     if name in ("jaxseq", "jaxseq-unblocked", "generation"):
         from jaxseq.memory import keep_freed_memory
@@ -359,7 +342,7 @@ def main() -> None:
         order = args.contestants[r % len(args.contestants):] + args.contestants[:r % len(args.contestants)]
         for name in order:                    # rotated each round: nobody always runs first
             if args.wait_idle:
-                idle_turns += _wait_idle(args.wait_idle, args.idle_timeout)
+                idle_turns += wait_idle(args.wait_idle, args.idle_timeout)
             conn = workers[name][0]
             conn.send(("train", args.steps))
             times = conn.recv()
@@ -373,7 +356,7 @@ def main() -> None:
         conn = workers["generation"][0]
         for _ in range(args.gen_rounds):
             if args.wait_idle:
-                _wait_idle(args.wait_idle, args.idle_timeout)
+                wait_idle(args.wait_idle, args.idle_timeout)
             for what in gen:
                 conn.send((what, 1))
                 gen[what].append((GEN_LEN - 1) / conn.recv()[0])

@@ -144,10 +144,21 @@ def additive_scores(params: Params, q: Array, k: Array) -> Array:
     """``w_v^T tanh(W_q q + W_k k)``: ``q`` ``(..., Q, dq)``, ``k`` ``(..., K, dk)`` -> ``(..., Q, K)``.
 
     The projections are taken once per query and per key; only the ``tanh``
-    and the ``w_v`` contraction run over all ``Q x K`` pairs.
+    and the ``w_v`` contraction run over all ``Q x K`` pairs. A decoder that
+    queries the same keys at every step projects them once
+    (:func:`additive_keys`) and scores with :func:`additive_scores_projected`.
     """
+    return additive_scores_projected(params, q, additive_keys(params, k))
+
+
+def additive_keys(params: Params, k: Array) -> Array:
+    """The key projection ``W_k k`` of :func:`additive_scores`: ``(..., K, dk)`` -> ``(..., K, h)``."""
+    return k @ params["W_k"]
+
+
+def additive_scores_projected(params: Params, q: Array, pk: Array) -> Array:
+    """:func:`additive_scores` given the projected keys ``pk = W_k k`` ``(..., K, h)``."""
     pq = q @ params["W_q"]                                       # (..., Q, h)
-    pk = k @ params["W_k"]                                       # (..., K, h)
     features = jnp.tanh(pq[..., :, None, :] + pk[..., None, :, :])   # (..., Q, K, h)
     return features @ params["w_v"]
 

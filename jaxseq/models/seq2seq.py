@@ -29,7 +29,8 @@ the previous decoder state, so it is recomputed every step::
 with ``s_{t-1}`` the top layer's state, ``h_j`` the encoder's top-layer
 outputs and ``a`` the additive (default) or scaled dot-product score of
 :mod:`jaxseq.attention` (where their equations are), whose weights get
-dropout as in D2L. The decoder is ONE step function (:class:`AttentionStep`):
+dropout as in D2L (the additive score's key projection ``W_k h_j`` is taken once
+per sentence, not at every step). The decoder is ONE step function (:class:`AttentionStep`):
 training scans it over time (``nn.scan``), ``decode_step`` calls it once, so
 training and decoding use the same equations.
 
@@ -71,7 +72,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxseq import cells
+from jaxseq import attention, cells
 from jaxseq.attention import Projection
 from jaxseq.config import option
 from jaxseq.errors import ConfigError
@@ -200,9 +201,10 @@ class CellStep(nn.Module):
 class AttentionStep(nn.Module):
     """One step of the Bahdanau decoder, without the output layer.
 
-    ``state``: ``{"carry": per-layer (B, H), "enc": (B, S, H), "src_len": (B,)}``;
-    ``x``: ``e(y_{t-1})`` ``(B, E)``. Returns ``(state, (s_t top layer (B, H),
-    alpha_t (B, S)))``.
+    ``state``: ``{"carry": per-layer (B, H), "enc": (B, S, H), "keys": (B, S, H),
+    "src_len": (B,)}`` (``keys``: :meth:`prepare` of ``enc``, taken once per
+    sentence); ``x``: ``e(y_{t-1})`` ``(B, E)``. Returns ``(state, (s_t top
+    layer (B, H), alpha_t (B, S)))``.
     """
 
     hidden: int = 256
@@ -212,18 +214,29 @@ class AttentionStep(nn.Module):
     dtype: Any = jnp.float32
 
     def setup(self):
-        from jaxseq import attention
-
         if self.score == "additive":
-            self.attention = attention.AdditiveAttention(self.hidden, self.dropout, name="attention")
-        else:
-            self.attention = attention.DotProductAttention(self.dropout, name="attention")
+            h = self.hidden
+            self.score_params = self.param("attention", lambda key: attention.additive_init(key, h, h, h))
         self.cells = [CellStep("gru", self.hidden, self.dtype, name=f"layer{i}") for i in range(self.layers)]
         self.drop = nn.Dropout(self.dropout)
 
-    def __call__(self, state: dict, x: Array, *, train: bool = False):
+    def prepare(self, enc: Array) -> Array:
+        """What the scores read of the encoder outputs at every step: ``W_k h_j`` (additive) or ``h_j`` (dot)."""
+        return attention.additive_keys(self.score_params, enc) if self.score == "additive" else enc
+
+    def _attend(self, state: dict, train: bool) -> tuple[Array, Array]:
+        """``(c_t (B, 1, H), alpha_t (B, 1, S))`` for the query ``s_{t-1}``; dropout on the weights."""
         query = state["carry"][-1][:, None, :]                                      # s_{t-1}: (B, 1, H)
-        context, weights = self.attention(query, state["enc"], state["enc"], state["src_len"], train=train)
+        if self.score == "additive":
+            scores = attention.additive_scores_projected(self.score_params, query, state["keys"])
+        else:
+            scores = attention.dot_product_scores(query, state["keys"])
+        weights = attention.masked_softmax(scores, state["src_len"])
+        used = self.drop(weights, deterministic=not train) if self.dropout > 0 else weights
+        return attention.attention_pool(used, state["enc"]), weights
+
+    def __call__(self, state: dict, x: Array, *, train: bool = False):
+        context, weights = self._attend(state, train)
         h = jnp.concatenate([x.astype(self.dtype), context[:, 0].astype(self.dtype)], axis=-1)
         carries = []
         for layer, cell in enumerate(self.cells):
@@ -244,7 +257,7 @@ class AttentionDecoder(_Decoder):
         self.cell = AttentionStep(self.hidden, self.layers, self.dropout, self.score, self.dtype, name="step")
 
     def init_state(self, carries, outputs: Array, src_len: Array) -> dict:
-        return {"carry": tuple(carries), "enc": outputs, "src_len": src_len}
+        return {"carry": tuple(carries), "enc": outputs, "keys": self.cell.prepare(outputs), "src_len": src_len}
 
     def __call__(self, tokens: Array, state: dict, *, train: bool = False):
         x = self.embedding(tokens).astype(self.dtype)                               # (B, T, E)
