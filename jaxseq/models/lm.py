@@ -77,7 +77,40 @@ class LMModelConfig(TransformerOptions):
                 raise ConfigError(f"--context must be at least 1, got {self.context}")
 
 
-class RNNLM(nn.Module):
+class CarriedStateLM:
+    """The model contract of a language model whose state is a carry (a tuple of per-layer states).
+
+    A subclass defines ``initial_carry(batch_size)`` and ``_forward(tokens,
+    carry, train, step=False) -> (logits (B, T, V), carry)`` (``step``: one
+    token at a time, for decoding); this class turns them into ``__call__``,
+    ``decode_init`` and ``decode_step``.
+    """
+
+    target_key: ClassVar[str] = "targets"
+    recurrent: ClassVar[bool] = True
+
+    def __call__(self, batch: dict[str, Array], *, train: bool = False, carry=None):
+        """``batch["inputs"]`` ``(B, T)`` -> ``(logits (B, T, V), carry)``."""
+        tokens = batch["inputs"]
+        if carry is None:
+            carry = self.initial_carry(tokens.shape[0])
+        return self._forward(tokens, carry, train)
+
+    def decode_init(self, batch: dict[str, Array]):
+        """The state after reading ``batch["inputs"]`` ``(B, P)`` in one call (P may be 0)."""
+        tokens = batch["inputs"]
+        carry = self.initial_carry(tokens.shape[0])
+        if tokens.shape[1] == 0:
+            return carry
+        return self._forward(tokens, carry, False)[1]
+
+    def decode_step(self, state, tokens: Array):
+        """``tokens`` ``(B,)`` -> ``(logits (B, V), state)``."""
+        logits, state = self._forward(tokens[:, None], state, False, step=True)
+        return logits[:, 0], state
+
+
+class RNNLM(CarriedStateLM, nn.Module):
     """A recurrent language model; the carry is a tuple of per-layer states."""
 
     vocab_size: int
@@ -90,9 +123,6 @@ class RNNLM(nn.Module):
     backward: str = "custom"
     dtype: Any = jnp.float32
     remat: bool = False
-
-    target_key: ClassVar[str] = "targets"
-    recurrent: ClassVar[bool] = True
 
     def setup(self):
         self.embed = nn.Embed(self.vocab_size, self.embedding, name="embed") if self.embedding else None
@@ -108,7 +138,7 @@ class RNNLM(nn.Module):
         cell = cells.get_cell(self.cell)
         return tuple(cell.initial_carry(batch_size, self.hidden, self.dtype) for _ in range(self.layers))
 
-    def _forward(self, tokens: Array, carry, train: bool):
+    def _forward(self, tokens: Array, carry, train: bool, step: bool = False):
         x = self.embed(tokens).astype(self.dtype) if self.embed is not None else tokens
         if self.embed is not None and self.dropout > 0:
             x = self.drop(x, deterministic=not train)
@@ -116,27 +146,6 @@ class RNNLM(nn.Module):
         if self.dropout > 0:
             hs = self.drop(hs, deterministic=not train)
         return apply_dense_2d(self.out, hs), carry
-
-    def __call__(self, batch: dict[str, Array], *, train: bool = False, carry=None):
-        """``batch["inputs"]`` ``(B, T)`` -> ``(logits (B, T, V), carry)``."""
-        tokens = batch["inputs"]
-        if carry is None:
-            carry = self.initial_carry(tokens.shape[0])
-        return self._forward(tokens, carry, train)
-
-    def decode_init(self, batch: dict[str, Array]):
-        """The state after reading ``batch["inputs"]`` ``(B, P)`` (P may be 0)."""
-        tokens = batch["inputs"]
-        carry = self.initial_carry(tokens.shape[0])
-        if tokens.shape[1] == 0:
-            return carry
-        _, carry = self._forward(tokens, carry, False)
-        return carry
-
-    def decode_step(self, state, tokens: Array):
-        """``tokens`` ``(B,)`` -> ``(logits (B, V), state)``."""
-        logits, state = self._forward(tokens[:, None], state, False)
-        return logits[:, 0], state
 
 
 def build_lm(config: LMModelConfig, vocab_size: int, dtype: Any = jnp.float32, remat: bool = False, *,

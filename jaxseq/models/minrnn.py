@@ -19,13 +19,14 @@ state per layer.
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
 from jaxseq import cells
+from jaxseq.models.lm import CarriedStateLM
 from jaxseq.models.recurrent import apply_dense_2d
 
 Array = jax.Array
@@ -84,8 +85,12 @@ class MinBlock(nn.Module):
         return x, carry
 
 
-class MinRNNLM(nn.Module):
-    """A language model of stacked minGRU / minLSTM blocks; same contract as ``RNNLM``."""
+class MinRNNLM(CarriedStateLM, nn.Module):
+    """A language model of stacked minGRU / minLSTM blocks; same contract as ``RNNLM``.
+
+    Training and ``decode_init`` (the prefix, in one call) use ``runner``;
+    ``decode_step`` the sequential runner (one step).
+    """
 
     vocab_size: int
     cell: str = "mingru"
@@ -96,9 +101,6 @@ class MinRNNLM(nn.Module):
     dropout: float = 0.0
     runner: str = "parallel"
     dtype: Any = jnp.float32
-
-    target_key: ClassVar[str] = "targets"
-    recurrent: ClassVar[bool] = True
 
     def setup(self):
         self.embed = nn.Embed(self.vocab_size, self.hidden, name="embed")
@@ -114,30 +116,11 @@ class MinRNNLM(nn.Module):
         inner = inner_width(self.hidden, self.expansion)
         return tuple(jnp.zeros((batch_size, inner), self.dtype) for _ in range(self.layers))
 
-    def _forward(self, tokens: Array, carry, train: bool, runner: str | None = None):
+    def _forward(self, tokens: Array, carry, train: bool, step: bool = False):
+        runner = "sequential" if step else None
         x = self.drop(self.embed(tokens).astype(self.dtype), deterministic=not train)
         finals = []
         for block, c in zip(self.blocks, carry):
             x, c = block(x, c, train=train, runner=runner)
             finals.append(c)
         return apply_dense_2d(self.out, self.norm(x)), tuple(finals)
-
-    def __call__(self, batch: dict[str, Array], *, train: bool = False, carry=None):
-        """``batch["inputs"]`` ``(B, T)`` -> ``(logits (B, T, V), carry)``."""
-        tokens = batch["inputs"]
-        if carry is None:
-            carry = self.initial_carry(tokens.shape[0])
-        return self._forward(tokens, carry, train)
-
-    def decode_init(self, batch: dict[str, Array]):
-        """The state after reading ``batch["inputs"]`` ``(B, P)`` (P may be 0), in parallel."""
-        tokens = batch["inputs"]
-        carry = self.initial_carry(tokens.shape[0])
-        if tokens.shape[1] == 0:
-            return carry
-        return self._forward(tokens, carry, False)[1]
-
-    def decode_step(self, state, tokens: Array):
-        """``tokens`` ``(B,)`` -> ``(logits (B, V), state)``: one step of the sequential runner."""
-        logits, state = self._forward(tokens[:, None], state, False, runner="sequential")
-        return logits[:, 0], state
