@@ -131,6 +131,17 @@ def _version() -> str:
 # commands
 # ----------------------------------------------------------------------------------------
 
+def _trains_transformer(args) -> bool:
+    """Whether ``jaxseq train`` will train a Transformer (``--model``, or a resumed run's config)."""
+    model = getattr(args, "model", None)
+    if model is None and args.resume and args.workdir is not None:
+        try:
+            model = json.loads((Path(args.workdir) / "config.json").read_text(encoding="utf-8"))["model"]["model"]
+        except (OSError, ValueError, KeyError, TypeError):
+            return False                    # the job itself reports what is wrong with the work directory
+    return model == "transformer"
+
+
 def _cmd_train_lm(args) -> int:
     from jaxseq.config import from_args, given_flags
     from jaxseq.tasks import lm
@@ -239,7 +250,7 @@ def main(argv: list | None = None) -> int:
                 "stats": _cmd_stats, "data": _cmd_data}
     try:
         if args.command == "train":
-            if getattr(args, "model", None) == "transformer":
+            if _trains_transformer(args):
                 from jaxseq.memory import keep_freed_memory
                 keep_freed_memory()         # before XLA starts its threads (memory.py)
             return _cmd_train_lm(args) if args.task == "lm" else _cmd_train_translate(args)

@@ -150,6 +150,16 @@ def check_decode_args(max_len: int, beam: int = 1, alpha: float = 0.0) -> None:
         raise ConfigError(f"--alpha must be >= 0, got {alpha}")
 
 
+def check_decode_length(model: nn.Module, max_len: int) -> None:
+    """ConfigError when ``max_len`` exceeds the positions a model can decode into
+    (``model.max_decode_len``, for models with a fixed-size decode cache)."""
+    from jaxseq.errors import ConfigError
+    limit = getattr(model, "max_decode_len", None)
+    if limit is not None and max_len > limit:
+        raise ConfigError(f"--max-len {max_len}: the model has {limit} positions to decode into (its training "
+                          f"--max-len); give at most {limit}")
+
+
 def greedy_search(model: nn.Module, params: Any, batch: Any, *, bos: int, eos: int, max_len: int,
                   alpha: float = 0.0) -> Decoded:
     """Greedy decoding of ``batch`` (what ``model.decode_init`` takes, e.g. ``{"src", "src_len"}``).
@@ -158,6 +168,7 @@ def greedy_search(model: nn.Module, params: Any, batch: Any, *, bos: int, eos: i
     ``max_len`` tokens. ``alpha`` only sets :attr:`Decoded.scores`.
     """
     check_decode_args(max_len, 1, alpha)
+    check_decode_length(model, max_len)
     return _greedy(model, params, batch, jnp.float32(alpha), bos, eos, max_len)
 
 
@@ -241,4 +252,5 @@ def beam_search(model: nn.Module, params: Any, batch: Any, *, bos: int, eos: int
     so it must be a pytree whose leaves all have a leading batch axis.
     """
     check_decode_args(max_len, beam, alpha)
+    check_decode_length(model, max_len)
     return _beam(model, params, batch, jnp.float32(alpha), bos, eos, max_len, beam)

@@ -115,10 +115,10 @@ def _attention_weights(weights, rows: int, cols: int, leading: int, where: str) 
     return w[..., :rows, :cols]
 
 
-def _draw_attention(ax, w: np.ndarray, src_tokens: Sequence[str], tgt_tokens: Sequence[str], labels: bool):
+def _draw_attention(ax, w: np.ndarray, src_tokens: Sequence[str], tgt_tokens: Sequence[str]):
     image = ax.imshow(w, cmap="Reds", vmin=0.0, vmax=1.0, aspect="auto")
-    ax.set_xticks(range(len(src_tokens)), list(src_tokens) if labels else [], rotation=90)
-    ax.set_yticks(range(len(tgt_tokens)), list(tgt_tokens) if labels else [])
+    ax.set_xticks(range(len(src_tokens)), list(src_tokens), rotation=90)
+    ax.set_yticks(range(len(tgt_tokens)), list(tgt_tokens))
     return image
 
 
@@ -133,7 +133,7 @@ def attention_heatmap(weights, src_tokens: Sequence[str], tgt_tokens: Sequence[s
     w = _attention_weights(weights, len(tgt_tokens), len(src_tokens), 0, "attention_heatmap")
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(0.45 * len(src_tokens) + 2.5, 0.4 * len(tgt_tokens) + 1.8))
-    image = _draw_attention(ax, w, src_tokens, tgt_tokens, True)
+    image = _draw_attention(ax, w, src_tokens, tgt_tokens)
     ax.set_xlabel("source")
     ax.set_ylabel("target")
     ax.set_title(title)
@@ -156,7 +156,7 @@ def attention_grid(weights, key_tokens: Sequence[str], query_tokens: Sequence[st
     for i in range(layers):
         for j in range(heads):
             ax = axes[i, j]
-            image = _draw_attention(ax, w[i, j], key_tokens, query_tokens, True)
+            image = _draw_attention(ax, w[i, j], key_tokens, query_tokens)
             if i < layers - 1:
                 ax.set_xticks([])
             if j:

@@ -396,6 +396,11 @@ def fit(model: nn.Module, state: TrainState, tx: optax.GradientTransformation, b
                 bar.update(1)
                 if step % config.log_every == 0 or step == total_steps:
                     flush(step)
+                if (config.time_limit and step % config.log_every == 0 and step < total_steps
+                        and _past(t0, config.time_limit)):
+                    echo(f"step {step}: --time-limit of {config.time_limit:g}s reached")
+                    result.timed_out = True
+                    break                             # validated and saved below, as a last step
                 if config.eval_every and step % config.eval_every == 0 and step < total_steps:
                     validate(step)
                 if config.checkpoint_every and step % config.checkpoint_every == 0 and step < total_steps:
@@ -403,10 +408,6 @@ def fit(model: nn.Module, state: TrainState, tx: optax.GradientTransformation, b
                 if stop.received is not None:
                     save(step)
                     result.interrupted = stop.received
-                    break
-                if config.time_limit and step % config.log_every == 0 and _past(t0, config.time_limit):
-                    echo(f"step {step}: --time-limit of {config.time_limit:g}s reached")
-                    result.timed_out = True
                     break
             if result.interrupted is None:
                 flush(step)

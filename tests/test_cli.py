@@ -85,3 +85,16 @@ def test_config_errors_are_one_line(tmp_path, capsys, args, message):
     assert cli.main(args + ["--workdir", tmp_path / "w"]) == 1
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1 and not (tmp_path / "w").exists()
+
+
+def test_allocator_policy_follows_the_model_also_on_resume(tmp_path):
+    """glibc's malloc is tuned for Transformer training only (jaxseq/memory.py), also when --resume
+    takes the model from the run's config.json."""
+    parser = cli.build_parser()
+    assert cli._trains_transformer(parser.parse_args(["train", "lm", "--model", "transformer"]))
+    assert not cli._trains_transformer(parser.parse_args(["train", "lm"]))
+    (tmp_path / "config.json").write_text('{"task": "lm", "model": {"model": "transformer"}}', encoding="utf-8")
+    resumed = parser.parse_args(["train", "lm", "--workdir", str(tmp_path), "--resume"])
+    assert cli._trains_transformer(resumed)
+    assert not cli._trains_transformer(parser.parse_args(["train", "lm", "--workdir", str(tmp_path / "x"),
+                                                          "--resume"]))

@@ -266,6 +266,14 @@ def test_wide_beam_finds_the_best_of_all_sequences(alpha):
         assert float(g.scores[0]) <= score + 1e-5
 
 
+def test_decoding_past_the_transformers_positions_is_refused(batch):
+    model = make_model("transformer")            # max_len 12: a 12-position decode cache
+    src = {"src": batch["src"], "src_len": batch["src_len"]}
+    for search in (decode.greedy_search, decode.beam_search):
+        with pytest.raises(ConfigError, match="--max-len 13: the model has 12 positions"):
+            search(model, {}, src, bos=BOS, eos=EOS, max_len=13)
+
+
 def test_decode_arguments_are_checked(batch):
     model, params = TableModel(3, 2), {}
     src = {"src": batch["src"], "src_len": batch["src_len"]}

@@ -119,7 +119,7 @@ def _fit(model, ids, steps, mesh, *, seed=0, sampling="random", batch_size=4, se
     if state is None:
         carry = model.initial_carry(batch_size) if sampling == "sequential" else None
         state = train.create_state(model, tx, batches.batch(0, 0), seed, mesh, carry)
-    config = train.TrainConfig(steps=steps, eval_every=0, log_every=5, progress=False, **options)
+    config = train.TrainConfig(**{"steps": steps, "eval_every": 0, "log_every": 5, "progress": False, **options})
     result = train.fit(model, state, tx, batches, total_steps=steps, config=config, optim=optim, mesh=mesh,
                        checkpointer=checkpointer, valid_batches=valid)
     return result, batches
@@ -173,10 +173,12 @@ def test_time_limit_ends_the_run_like_its_last_step(small_lm, mesh1, tmp_path):
     valid = [LMBatches(ids, seq_len=8, batch_size=4, seed=1).batch(0, 0)]
     ckpt = Checkpointer(tmp_path / "ckpt")
     try:
-        result, _ = _fit(small_lm, ids, 1000, mesh1, checkpointer=ckpt, valid=valid, time_limit=1e-6)
+        result, _ = _fit(small_lm, ids, 1000, mesh1, checkpointer=ckpt, valid=valid, time_limit=1e-6,
+                         eval_every=5)
         assert result.timed_out and result.interrupted is None
         assert int(result.state.step) == 5 and ckpt.latest_step() == 5
         assert result.valid["step"] == 5 and np.isfinite(result.valid["nll"])
+        assert [r["step"] for r in result.history if r["split"] == "valid"] == [5]     # validated once
     finally:
         ckpt.close()
     with pytest.raises(ConfigError, match="--time-limit"):

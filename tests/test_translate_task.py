@@ -149,4 +149,4 @@ def test_transformer_memorises_the_pairs_and_draws_every_head(pairs_file, tmp_pa
     for path in (png, tmp_path / "heads.png.encoder.png", tmp_path / "heads.png.decoder.png"):
         assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     code, _, err = run_cli(capsys, "translate", "--workdir", workdir, "--max-len", "9", "one cat")
-    assert code == 1 and "has 8 positions" in err and err.count("\n") == 1
+    assert code == 1 and "--max-len 9: the model has 8 positions" in err and err.count("\n") == 1

@@ -77,7 +77,7 @@ class LMModelConfig(TransformerOptions):
                 raise ConfigError(f"--context must be at least 1, got {self.context}")
 
 
-class CarriedStateLM:
+class CarriedStateLM(nn.Module):
     """The model contract of a language model whose state is a carry (a tuple of per-layer states).
 
     A subclass defines ``initial_carry(batch_size)`` and ``_forward(tokens,
@@ -110,7 +110,7 @@ class CarriedStateLM:
         return logits[:, 0], state
 
 
-class RNNLM(CarriedStateLM, nn.Module):
+class RNNLM(CarriedStateLM):
     """A recurrent language model; the carry is a tuple of per-layer states."""
 
     vocab_size: int

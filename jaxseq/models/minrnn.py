@@ -85,7 +85,7 @@ class MinBlock(nn.Module):
         return x, carry
 
 
-class MinRNNLM(CarriedStateLM, nn.Module):
+class MinRNNLM(CarriedStateLM):
     """A language model of stacked minGRU / minLSTM blocks; same contract as ``RNNLM``.
 
     Training and ``decode_init`` (the prefix, in one call) use ``runner``;

@@ -50,16 +50,18 @@ equations and the decode cache in :mod:`jaxseq.transformer`)::
     o_t = Y_t W_o + b_o                         (B, T, V)
 
 Decoding runs the decoder one token per step over a key/value cache of
-``max_len`` positions (the run's ``--max-len``); the encoder's keys and
-values are projected once per sentence. Every block sows its attention
-weights ``(B, H, Q, K)``; :func:`attention_maps` collects them per layer
-and head, and the top-level ``"attention"`` is the last block's
-cross-attention averaged over heads.
+``max_len`` positions (the run's ``--max-len``; greedy and beam search
+refuse a longer decode); the encoder's keys and values are projected once
+per sentence. Every block sows its attention weights ``(B, H, Q, K)``;
+:func:`attention_maps` collects them per layer and head, and
+:func:`cross_attention` reads the encoder-decoder attention ``(B, T, S)`` of
+any model (the Transformer's: the last block's, averaged over heads).
 
 Another architecture joins by adding its name to ``TRANSLATION_MODELS``, a
 branch in :func:`build_translation_model` (plus its fields in
-:class:`TranslationModelConfig`) and, if it has encoder-decoder attention,
-the sown ``"attention"`` (see :func:`has_attention`); the trainer, greedy
+:class:`TranslationModelConfig`) and, if it has encoder-decoder attention, a
+way for :func:`cross_attention` to read it (the RNN models sow it as the
+top-level ``"attention"``; see :func:`has_attention`); the trainer, greedy
 and beam search, BLEU and the CLI need nothing more.
 """
 
@@ -365,6 +367,11 @@ class TransformerEncoderDecoder(nn.Module):
         self.encoder = stack("encoder")
         self.decoder = stack("decoder", decoder=True, cross_attention=True)
         self.out = Projection(self.tgt_vocab_size, dtype=self.dtype, name="out")
+
+    @property
+    def max_decode_len(self) -> int:
+        """The most tokens a decode can write (the cache's positions; :func:`jaxseq.decode.check_decode_length`)."""
+        return self.max_len
 
     def encode(self, batch: dict[str, Array], *, train: bool = False) -> tuple[Array, Array]:
         """``M`` ``(B, S, D)`` and ``src_len`` ``(B,)`` of ``batch["src"]`` ``(B, S)``, ``batch["src_len"]``."""

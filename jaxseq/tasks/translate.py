@@ -322,12 +322,9 @@ def translate_texts(workdir: Workdir, texts: Sequence[str], *, input_file: str |
     run, src_vocab, tgt_vocab = load_run(workdir)
     max_len = run.data.max_len if max_len is None else max_len
     decode.check_decode_args(max_len, beam, alpha)
-    if run.model.model == "transformer" and max_len > run.data.max_len:
-        raise ConfigError(f"--max-len {max_len}: the transformer in {workdir} has {run.data.max_len} positions "
-                          f"(its training --max-len); give at most {run.data.max_len}")
     if show_attention is not None and not has_attention(run.model):
         raise ConfigError(f"--show-attention: the run in {workdir} is a {run.model.model} model, which has no "
-                          "attention; use a bahdanau run")
+                          "attention; use a bahdanau or transformer run")
     items = _read_sentences(texts, input_file)
     encodings = []
     for where, text in items:
