@@ -133,11 +133,14 @@ def _version() -> str:
 
 def _trains_transformer(args) -> bool:
     """Whether ``jaxseq train`` will train a Transformer (``--model``, or a resumed run's config)."""
+    from jaxseq.errors import JaxseqError
+    from jaxseq.workdir import Workdir
+
     model = getattr(args, "model", None)
     if model is None and args.resume and args.workdir is not None:
         try:
-            model = json.loads((Path(args.workdir) / "config.json").read_text(encoding="utf-8"))["model"]["model"]
-        except (OSError, ValueError, KeyError, TypeError):
+            model = Workdir(args.workdir).config()["model"]["model"]
+        except (JaxseqError, KeyError, TypeError):
             return False                    # the job itself reports what is wrong with the work directory
     return model == "transformer"
 

@@ -137,7 +137,3 @@ def _standard_promotion(tx: optax.GradientTransformation) -> optax.GradientTrans
 def nonfinite_count(opt_state) -> jax.Array:
     """Consecutive non-finite steps skipped so far (from ``apply_if_finite``'s state)."""
     return opt_state.notfinite_count
-
-
-def total_nonfinite(opt_state) -> jax.Array:
-    return opt_state.total_notfinite

@@ -144,10 +144,6 @@ def shard_tree_along_batch(tree: Any, mesh: Mesh) -> Any:
     return jax.tree_util.tree_map(lambda x: jax.device_put(x, sharding), tree)
 
 
-def replicate(tree: Any, mesh: Mesh) -> Any:
-    return jax.device_put(tree, replicated(mesh))
-
-
 def local_rows(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """This process's equal share of the rows of a global host batch."""
     index, count = jax.process_index(), jax.process_count()

@@ -41,7 +41,7 @@ from jaxseq.checkpoint import Checkpointer
 from jaxseq.config import option
 from jaxseq.errors import ConfigError, TrainingError
 from jaxseq.metrics import perplexity
-from jaxseq.optim import OptimConfig
+from jaxseq.optim import OptimConfig, nonfinite_count
 
 Array = jax.Array
 Batch = dict[str, Any]
@@ -177,7 +177,7 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, *, label
         new_carry = None if state.carry is None else jax.lax.stop_gradient(carry)
         new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state, carry=new_carry)
         metrics = {"nll_sum": nll, "tokens": count, "loss": loss, "grad_norm": optax.tree.norm(grads),
-                   "nonfinite": opt_state.notfinite_count}
+                   "nonfinite": nonfinite_count(opt_state)}
         return new_state, metrics
 
     if shardings is None:

@@ -24,7 +24,6 @@ per index in Python, over a second per epoch of a 1M-token corpus.)
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from typing import Iterator
 
@@ -214,7 +213,3 @@ def eval_batches(ids: np.ndarray, *, seq_len: int, batch_size: int) -> list[Batc
     weights = np.concatenate([np.ones(n, np.float32), np.zeros(pad, np.float32)]).reshape(batch_size, per_row)
     return [{"inputs": inputs[:, s:s + seq_len], "targets": targets[:, s:s + seq_len],
              "weights": weights[:, s:s + seq_len]} for s in range(0, per_row, seq_len)]
-
-
-def with_seq_len(config: LMDataConfig, **changes) -> LMDataConfig:
-    return dataclasses.replace(config, **changes)

@@ -60,8 +60,9 @@ any model (the Transformer's: the last block's, averaged over heads).
 Another architecture joins by adding its name to ``TRANSLATION_MODELS``, a
 branch in :func:`build_translation_model` (plus its fields in
 :class:`TranslationModelConfig`) and, if it has encoder-decoder attention, a
-way for :func:`cross_attention` to read it (the RNN models sow it as the
-top-level ``"attention"``; see :func:`has_attention`); the trainer, greedy
+``sown_cross_attention`` static method that :func:`cross_attention` calls
+(the RNN models sow it as the top-level ``"attention"``; see
+:func:`has_attention`); the trainer, greedy
 and beam search, BLEU and the CLI need nothing more.
 """
 
@@ -229,10 +230,11 @@ class AttentionStep(nn.Module):
     def _attend(self, state: dict, train: bool) -> tuple[Array, Array]:
         """``(c_t (B, 1, H), alpha_t (B, 1, S))`` for the query ``s_{t-1}``; dropout on the weights."""
         query = state["carry"][-1][:, None, :]                                      # s_{t-1}: (B, 1, H)
-        if self.score == "additive":
-            scores = attention.additive_scores_projected(self.score_params, query, state["keys"])
-        else:
-            scores = attention.dot_product_scores(query, state["keys"])
+        if self.score == "dot":
+            rng = self.make_rng("dropout") if train and self.dropout > 0 else None
+            return attention.dot_product_attention(query, state["keys"], state["enc"], state["src_len"],
+                                                   dropout_rate=self.dropout, dropout_rng=rng)
+        scores = attention.additive_scores_projected(self.score_params, query, state["keys"])
         weights = attention.masked_softmax(scores, state["src_len"])
         used = self.drop(weights, deterministic=not train) if self.dropout > 0 else weights
         return attention.attention_pool(used, state["enc"]), weights
@@ -307,6 +309,11 @@ class RNNEncoderDecoder(nn.Module):
         else:
             self.decoder = AttentionDecoder(self.tgt_vocab_size, **sizes, score=self.attention, name="decoder")
 
+    @staticmethod
+    def sown_cross_attention(intermediates: dict) -> Array:
+        """The ``(B, T, S)`` decoder attention this model sowed as ``"attention"``."""
+        return intermediates["attention"][0]
+
     def encode(self, batch: dict[str, Array], *, train: bool = False) -> dict:
         """The decoder's initial state for ``batch["src"]`` ``(B, S)`` and ``batch["src_len"]`` ``(B,)``."""
         src_len = jnp.asarray(batch["src_len"], jnp.int32)
@@ -368,6 +375,11 @@ class TransformerEncoderDecoder(nn.Module):
         self.decoder = stack("decoder", decoder=True, cross_attention=True)
         self.out = Projection(self.tgt_vocab_size, dtype=self.dtype, name="out")
 
+    @staticmethod
+    def sown_cross_attention(intermediates: dict) -> Array:
+        """The last block's cross-attention averaged over heads, ``(B, T, S)``."""
+        return attention_maps(intermediates)["cross"][-1].mean(axis=1)
+
     @property
     def max_decode_len(self) -> int:
         """The most tokens a decode can write (the cache's positions; :func:`jaxseq.decode.check_decode_length`)."""
@@ -422,10 +434,9 @@ def attention_maps(intermediates: dict) -> dict[str, Array]:
 
 
 def cross_attention(model: nn.Module, intermediates: dict) -> Array:
-    """The encoder-decoder attention ``(B, T, S)`` a model sowed (the Transformer's: last block, mean of heads)."""
-    if isinstance(model, TransformerEncoderDecoder):
-        return attention_maps(intermediates)["cross"][-1].mean(axis=1)
-    return intermediates["attention"][0]
+    """The encoder-decoder attention ``(B, T, S)`` a model sowed (each model's ``sown_cross_attention``;
+    the Transformer's: last block, mean of heads)."""
+    return type(model).sown_cross_attention(intermediates)
 
 
 def build_translation_model(config: TranslationModelConfig, src_vocab_size: int, tgt_vocab_size: int,
