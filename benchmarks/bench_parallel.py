@@ -33,7 +33,7 @@ from jaxseq.data.lm import LMBatches
 from jaxseq.models.lm import LMModelConfig, build_lm
 from jaxseq.optim import OptimConfig, make_optimizer
 mesh = parallel.make_mesh(cfg["devices"])
-model = build_lm(LMModelConfig(model="gru", hidden=cfg["hidden"], backward=cfg["backward"]), cfg["vocab"],
+model = build_lm("gru", cfg["vocab"], hidden=cfg["hidden"], backward=cfg["backward"],
                  remat=cfg["remat"])
 tx = make_optimizer(OptimConfig(), 1000)
 ids = np.random.default_rng(0).integers(0, cfg["vocab"], size=cfg["batch"] * (cfg["seq"] + 1) * 8).astype(np.int32)

@@ -58,7 +58,7 @@ def jaxseq_trainer(cfg, steps, backward):
     from jaxseq.optim import OptimConfig, make_optimizer
 
     mesh = parallel.make_mesh(1)
-    model = build_lm(LMModelConfig(model="gru", hidden=cfg["hidden"], backward=backward), cfg["vocab"])
+    model = build_lm("gru", cfg["vocab"], hidden=cfg["hidden"], backward=backward)
     tx = make_optimizer(OptimConfig(optimizer="adam", lr=1e-3, clip=1.0), 1000)
     batches = [parallel.shard_batch(b, mesh) for b in make_batches(cfg, 4)]
     holder = {"state": train.create_state(model, tx, make_batches(cfg, 1)[0], 0, mesh)}
@@ -149,7 +149,7 @@ def _gen_model():
     import jax.numpy as jnp
     from jaxseq import train
     from jaxseq.models.lm import LMModelConfig, build_lm
-    model = build_lm(LMModelConfig(model="gru", hidden=GEN_HIDDEN), GEN_VOCAB)
+    model = build_lm("gru", GEN_VOCAB, hidden=GEN_HIDDEN)
     params = train.init_params(model, {"inputs": np.zeros((1, 4), np.int32)}, 0)
     return model, params, jnp.zeros((1, 4), jnp.int32)
 

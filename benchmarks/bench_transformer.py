@@ -117,7 +117,7 @@ def jaxseq_trainer(activation: str, causal_block: int = 64):
     from jaxseq.optim import OptimConfig, make_optimizer
 
     mesh = parallel.make_mesh(1)
-    model = build_lm(LMModelConfig(model="transformer", layers=LAYERS, heads=HEADS, d_model=D,
+    model = build_lm("transformer", layers=LAYERS, heads=HEADS, d_model=D,
                                    ffn_activation=activation), V, seq_len=T).clone(causal_block=causal_block)
     tx = make_optimizer(OptimConfig(optimizer="adamw", lr=1e-3, clip=1.0), 10_000)
     host = _batches(4)
@@ -244,7 +244,7 @@ def generation_runners(activation: str):
     from jaxseq import decode, train
     from jaxseq.models.lm import LMModelConfig, build_lm
 
-    model = build_lm(LMModelConfig(model="transformer", layers=LAYERS, heads=HEADS, d_model=D,
+    model = build_lm("transformer", layers=LAYERS, heads=HEADS, d_model=D,
                                    ffn_activation=activation), V, seq_len=GEN_LEN)
     sample = {"inputs": np.zeros((1, GEN_LEN), np.int32)}
     params = train.init_params(model, sample, 0)

@@ -221,9 +221,10 @@ LSTM = Cell("lstm", ("i", "f", "o", "c"), _lstm_core, carry_parts=2, forget_bias
 CELLS: dict[str, Cell] = {"rnn": RNN, "gru": GRU, "lstm": LSTM}
 
 
-def get_cell(name: str) -> Cell:
-    if name == "rnn-relu":
-        return rnn_cell("relu")
+def get_cell(name: str, activation: str = "tanh") -> Cell:
+    """The cell ``name`` (``rnn``, ``gru``, ``lstm``); ``activation`` is the plain RNN's phi."""
+    if name == "rnn":
+        return rnn_cell(activation)
     if name not in CELLS:
         raise ConfigError(f"unknown cell {name!r}; choose one of {', '.join(CELLS)}")
     return CELLS[name]

@@ -34,52 +34,10 @@ from pathlib import Path
 from typing import Any
 
 import jax
-import numpy as np
 import orbax.checkpoint as ocp
 
 from jaxseq.errors import CheckpointError
-
-
-def tree_signature(tree: Any) -> dict[str, list]:
-    """``{"params/layer/W": [shape, dtype], ...}`` for every leaf of ``tree``."""
-    out = {}
-    for path, leaf in jax.tree_util.tree_leaves_with_path(tree):
-        name = "/".join(str(getattr(k, "key", getattr(k, "idx", getattr(k, "name", k)))) for k in path)
-        out[name] = [list(np.shape(leaf)), str(getattr(leaf, "dtype", type(leaf).__name__))]
-    return out
-
-
-def compare_manifests(saved: dict, expected: dict, step: int, where: str) -> None:
-    """Raise CheckpointError naming the first difference between two manifests.
-
-    Config dicts are compared on the settings both know: a setting added to
-    jaxseq after the checkpoint was written takes its default when the run's
-    config is read, and the parameter shapes below still catch any
-    architecture change it makes.
-    """
-    for key in ("task", "model", "vocab"):
-        if key not in expected:
-            continue
-        a, b = saved.get(key), expected[key]
-        if isinstance(a, dict) and isinstance(b, dict):
-            diff = sorted(k for k in set(a) & set(b) if a[k] != b[k])
-            if not diff:
-                continue
-            detail = "; ".join(f"{k}: checkpoint {a.get(k)!r} vs now {b.get(k)!r}" for k in diff[:3])
-        elif a == b:
-            continue
-        else:
-            detail = f"checkpoint {a!r} vs now {b!r}"
-        what = {"vocab": "another vocabulary", "model": "another architecture", "task": "another task"}[key]
-        raise CheckpointError(f"{where}: checkpoint at step {step} belongs to {what} ({detail}); "
-                              "use a new --workdir or the matching data and flags")
-    if "params" in expected and saved.get("params") != expected["params"]:
-        a, b = saved.get("params", {}), expected["params"]
-        diff = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
-        name = diff[0]
-        raise CheckpointError(f"{where}: checkpoint at step {step} has parameter {name} as "
-                              f"{a.get(name, 'missing')} but the model has {b.get(name, 'missing')}; "
-                              "the architecture differs")
+from jaxseq.manifest import Manifest
 
 
 CHECKSUMS = "checksums.json"
@@ -211,7 +169,7 @@ class Checkpointer:
             raise CheckpointError(f"{self.directory}: checkpoint at step {step} has no readable manifest "
                                   f"({err.__class__.__name__}); it is damaged") from None
 
-    def restore(self, abstract_state: Any, expected: dict, *, step: int | None = None,
+    def restore(self, abstract_state: Any, expected: Manifest, *, step: int | None = None,
                 fallback: bool = False, warn=None) -> tuple[Any, dict, int]:
         """Restore ``step`` (default: the latest) after verifying its files and manifest.
 
@@ -242,9 +200,9 @@ class Checkpointer:
                 self.manager.reload()
         raise AssertionError("unreachable")
 
-    def _restore_step(self, abstract_state: Any, expected: dict, step: int) -> tuple[Any, dict, int]:
+    def _restore_step(self, abstract_state: Any, expected: Manifest, step: int) -> tuple[Any, dict, int]:
         verify_checksums(self.directory / str(step), step)
-        compare_manifests(self.read_manifest(step), expected, step, str(self.directory))
+        expected.check(self.read_manifest(step), step, str(self.directory))
         try:
             restored = self.manager.restore(step, args=ocp.args.Composite(
                 state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore()))

@@ -14,6 +14,7 @@ Every deliberate error ends with one line on stderr and a non-zero exit.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -37,9 +38,38 @@ def _configure_logging() -> None:
 # parsers
 # ----------------------------------------------------------------------------------------
 
-def _lm_sections():
-    from jaxseq.tasks.lm import SECTIONS
-    return SECTIONS
+TASKS = ("lm", "translate")
+
+
+def _task(name: str):
+    """The task object of ``jaxseq train NAME`` (imported on use: the parser is cheap to build)."""
+    import importlib
+    return importlib.import_module(f"jaxseq.tasks.{name}").TASK
+
+
+def _add_task_flags(parser: argparse.ArgumentParser, task) -> None:
+    """One flag per config field, grouped by section; a field several sections share gets one flag.
+
+    ``--model`` lists the registry's models; each model-family section's
+    title names the models that read it, and the help shows each model's
+    own defaults where they differ.
+    """
+    from jaxseq.config import add_arguments
+    from jaxseq.models import registry
+
+    specs = registry.specs(task.name)
+    seen: set[str] = set()
+    for section, cls in task.sections.items():
+        users = [s.name for s in specs if section in s.sections]
+        title = f"{section} (--model {', '.join(users)})" if section in task.families else section
+        overrides = {}
+        for spec in specs:
+            for field, value in spec.defaults.get(section, {}).items():
+                overrides.setdefault(field, []).append(f"{spec.name} {value}")
+        extra = {"model": {"choices": registry.names(task.name)}} if section == "model" else {}
+        about = ("; ".join(f"{s.name}: {s.description}" for s in specs) if section == "model" else None)
+        add_arguments(parser.add_argument_group(title, about), cls, exclude=seen, per_model=overrides, extra=extra)
+        seen |= {f.name for f in dataclasses.fields(cls)}
 
 
 def _add_run_flags(parser: argparse.ArgumentParser) -> None:
@@ -48,6 +78,8 @@ def _add_run_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--resume", action="store_true", help="continue the run in --workdir from its latest checkpoint")
     parser.add_argument("--fallback", action="store_true",
                         help="with --resume: if the latest checkpoint is refused, restore the newest good one")
+    parser.add_argument("--allow-data-change", action="store_true",
+                        help="with --resume: accept training data whose contents changed since the run started")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -59,30 +91,23 @@ def build_parser() -> argparse.ArgumentParser:
 
     train = commands.add_parser("train", help="train a model into a work directory")
     tasks = train.add_subparsers(dest="task", required=True, metavar="TASK")
-    lm = tasks.add_parser("lm", help="language model", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    for title, cls in _lm_sections().items():
-        add_arguments(lm.add_argument_group(title), cls)
-    _add_run_flags(lm)
-    lm.add_argument("--baseline", action=argparse.BooleanOptionalAction, default=True,
-                    help="also report a trigram Kneser-Ney baseline on the same split")
-    lm.add_argument("--sample", type=int, default=200, metavar="N",
-                    help="print a sample of N tokens after training (0: none)")
-
-    try:
-        from jaxseq.tasks import translate as translate_task
-    except ImportError:
-        translate_task = None
-    if translate_task is not None:
-        tr = tasks.add_parser("translate", help="translation (sequence to sequence) model")
-        for title, cls in translate_task.SECTIONS.items():
-            add_arguments(tr.add_argument_group(title), cls)
-        _add_run_flags(tr)
+    for name, help_text in (("lm", "language model"), ("translate", "translation (sequence to sequence) model")):
+        sub = tasks.add_parser(name, help=help_text)
+        _add_task_flags(sub, _task(name))
+        _add_run_flags(sub)
+        if name == "lm":
+            sub.add_argument("--baseline", action=argparse.BooleanOptionalAction, default=True,
+                             help="also report a trigram Kneser-Ney baseline on the same split")
+            sub.add_argument("--sample", type=int, default=200, metavar="N",
+                             help="print a sample of N tokens after training (0: none)")
 
     ev = commands.add_parser("evaluate", help="evaluate a trained run; prints JSON last")
     ev.add_argument("--workdir", type=Path, required=True)
     ev.add_argument("--data", default=None, help="a text file (LM) or TSV pairs (translation) to evaluate on "
                     "(default: the run's validation split)")
     ev.add_argument("--beam", type=int, default=None, help="translation: beam size for BLEU (default: greedy)")
+    ev.add_argument("--allow-data-change", action="store_true",
+                    help="score the run's validation split even though the data file changed since training")
 
     gen = commands.add_parser("generate", help="continue a prefix with a trained language model")
     gen.add_argument("--workdir", type=Path, required=True)
@@ -92,18 +117,17 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--temperature", type=float, default=1.0, help="0 = greedy")
     gen.add_argument("--top-k", type=int, default=0, help="sample from the k most likely tokens (0 = all)")
 
-    if translate_task is not None:
-        tl = commands.add_parser("translate", help="translate sentences with a trained model")
-        tl.add_argument("--workdir", type=Path, required=True)
-        tl.add_argument("text", nargs="*", help="sentences to translate")
-        tl.add_argument("--input", type=Path, default=None, help="a file with one sentence per line")
-        tl.add_argument("--beam", type=int, default=1, help="beam size (1 = greedy)")
-        tl.add_argument("--alpha", type=float, default=0.6, help="beam length normalisation exponent")
-        tl.add_argument("--max-len", type=int, default=None, help="longest output (default: the run's --max-len)")
-        tl.add_argument("--show-attention", type=Path, default=None,
-                        help="write the attention heatmap of the first sentence to this PNG (transformer: "
-                             "cross-attention per layer and head, self-attention to PNG.encoder.png and "
-                             "PNG.decoder.png)")
+    tl = commands.add_parser("translate", help="translate sentences with a trained model")
+    tl.add_argument("--workdir", type=Path, required=True)
+    tl.add_argument("text", nargs="*", help="sentences to translate")
+    tl.add_argument("--input", type=Path, default=None, help="a file with one sentence per line")
+    tl.add_argument("--beam", type=int, default=1, help="beam size (1 = greedy)")
+    tl.add_argument("--alpha", type=float, default=0.6, help="beam length normalisation exponent")
+    tl.add_argument("--max-len", type=int, default=None, help="longest output (default: the run's --max-len)")
+    tl.add_argument("--show-attention", type=Path, default=None,
+                    help="write the attention heatmap of the first sentence to this PNG (transformer: "
+                         "cross-attention per layer and head, self-attention to PNG.encoder.png and "
+                         "PNG.decoder.png)")
 
     stats = commands.add_parser("stats", help="corpus statistics: top n-grams and a Zipf plot")
     stats.add_argument("--data", default="builtin")
@@ -131,9 +155,10 @@ def _version() -> str:
 # commands
 # ----------------------------------------------------------------------------------------
 
-def _trains_transformer(args) -> bool:
-    """Whether ``jaxseq train`` will train a Transformer (``--model``, or a resumed run's config)."""
+def _train_spec(args):
+    """The registry spec of the model ``jaxseq train`` will train (``--model``, or a resumed run's config)."""
     from jaxseq.errors import JaxseqError
+    from jaxseq.models import registry
     from jaxseq.workdir import Workdir
 
     model = getattr(args, "model", None)
@@ -141,33 +166,31 @@ def _trains_transformer(args) -> bool:
         try:
             model = Workdir(args.workdir).config()["model"]["model"]
         except (JaxseqError, KeyError, TypeError):
-            return False                    # the job itself reports what is wrong with the work directory
-    return model == "transformer"
+            return None                   # the job itself reports what is wrong with the work directory
+    try:
+        return registry.get(args.task, model or _task(args.task).sections["model"].model)
+    except JaxseqError:
+        return None
 
 
-def _cmd_train_lm(args) -> int:
-    from jaxseq.config import from_args, given_flags
-    from jaxseq.tasks import lm
+def _given(args, task) -> dict:
+    """The config flags given on the command line, by field name."""
+    import dataclasses
+    names = {f.name for cls in task.sections.values() for f in dataclasses.fields(cls)}
+    return {k: v for k, v in vars(args).items() if k in names}
+
+
+def _cmd_train(args) -> int:
+    from jaxseq.tasks import runner
     from jaxseq.workdir import Workdir, default_workdir
 
-    sections = _lm_sections()
-    run = lm.LMRun(**{name: from_args(cls, args) for name, cls in sections.items()})
-    given = {name: given_flags(args, cls) for name, cls in sections.items()}
-    workdir = Workdir(args.workdir or default_workdir("lm", run.model.model))
-    results = lm.train_lm(run, workdir, resume=args.resume, given=given, baseline=args.baseline,
-                          fallback=args.fallback, sample_length=args.sample)
-    return 128 + results["interrupted"] if results.get("interrupted") else 0
-
-
-def _cmd_train_translate(args) -> int:
-    from jaxseq.tasks import translate
-    from jaxseq.workdir import Workdir, default_workdir
-    from jaxseq.config import from_args, given_flags
-
-    run = translate.TranslateRun(**{n: from_args(c, args) for n, c in translate.SECTIONS.items()})
-    given = {n: given_flags(args, c) for n, c in translate.SECTIONS.items()}
-    workdir = Workdir(args.workdir or default_workdir("translate", run.model.model))
-    results = translate.train_translate(run, workdir, resume=args.resume, given=given, fallback=args.fallback)
+    task = _task(args.task)
+    given = _given(args, task)
+    run = task.resolve(given, warn_unused=not args.resume)
+    workdir = Workdir(args.workdir or default_workdir(task.name, run.model.model))
+    options = {"baseline": args.baseline, "sample_length": args.sample} if task.name == "lm" else {}
+    results = runner.train(task, run, workdir, resume=args.resume, given=given, fallback=args.fallback,
+                           allow_data_change=args.allow_data_change, **options)
     return 128 + results["interrupted"] if results.get("interrupted") else 0
 
 
@@ -178,10 +201,11 @@ def _cmd_evaluate(args) -> int:
     task = workdir.require_any()
     if task == "lm":
         from jaxseq.tasks import lm
-        result = lm.evaluate_lm(workdir, args.data)
+        result = lm.evaluate_lm(workdir, args.data, allow_data_change=args.allow_data_change)
     else:
         from jaxseq.tasks import translate
-        result = translate.evaluate_translate(workdir, args.data, beam=args.beam)
+        result = translate.evaluate_translate(workdir, args.data, beam=args.beam,
+                                              allow_data_change=args.allow_data_change)
     print(json.dumps(result, sort_keys=True))
     return 0
 
@@ -253,10 +277,11 @@ def main(argv: list | None = None) -> int:
                 "stats": _cmd_stats, "data": _cmd_data}
     try:
         if args.command == "train":
-            if _trains_transformer(args):
+            spec = _train_spec(args)
+            if spec is not None and spec.tuned_allocator:
                 from jaxseq.memory import keep_freed_memory
                 keep_freed_memory()         # before XLA starts its threads (memory.py)
-            return _cmd_train_lm(args) if args.task == "lm" else _cmd_train_translate(args)
+            return _cmd_train(args)
         return handlers[args.command](args)
     except JaxseqError as err:
         print(f"jaxseq: error: {err}", file=sys.stderr)

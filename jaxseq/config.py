@@ -1,14 +1,26 @@
-"""Frozen-dataclass configs and the argparse flags built from them.
+"""Frozen-dataclass configs, the rules on their fields, and the argparse flags built from them.
 
 Each configurable part of jaxseq declares a frozen dataclass next to its code.
 Every field becomes a command-line flag (``seq_len`` -> ``--seq-len``), so every
 hyperparameter is a flag and is saved with each run (``config.json``).
 
-Field metadata understood here:
+The rules of a field are declared once, on the field, with :func:`option`:
 
-``help``     text for ``--help``
-``choices``  allowed values
-``flag``     the flag name, when it is not derived from the field name
+``help``       text for ``--help``
+``choices``    allowed values
+``minimum``    smallest allowed value (``value >= minimum``)
+``above``      exclusive lower bound (``value > above``)
+``below``      exclusive upper bound (``value < below``)
+``maximum``    largest allowed value (``value <= maximum``)
+``resumable``  the setting may change when a run is resumed (run length and logistics)
+``excludes``   another field this one replaces when given (``--epochs`` clears ``--steps``)
+``flag``       the flag name, when it is not derived from the field name
+
+:func:`check_fields` checks every field of a config against them (``None`` is
+allowed where the type is optional) and writes the flag's name in the error;
+every config derives from :class:`Config`, whose ``validate()`` calls it
+and then the config's own ``check()``: only the rules that tie several
+fields together.
 """
 
 from __future__ import annotations
@@ -16,28 +28,103 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
+import numbers
 import types
 import typing
-from typing import Any, TypeVar
+from typing import Any, Mapping, TypeVar
 
 from jaxseq.errors import ConfigError
 
 T = TypeVar("T")
 
 
-def option(default: Any, help: str, *, choices: typing.Sequence[Any] | None = None,
-           flag: str | None = None) -> Any:
-    """A dataclass field with the metadata the CLI needs."""
-    meta = {"help": help}
-    if choices is not None:
-        meta["choices"] = tuple(choices)
-    if flag is not None:
-        meta["flag"] = flag
+def option(default: Any, help: str, *, choices: typing.Sequence[Any] | None = None, flag: str | None = None,
+           minimum: float | None = None, above: float | None = None, below: float | None = None,
+           maximum: float | None = None, resumable: bool = False, excludes: str | None = None) -> Any:
+    """A dataclass field with its help, its rules and the metadata the CLI needs."""
+    meta: dict[str, Any] = {"help": help, "resumable": resumable}
+    for key, value in (("choices", None if choices is None else tuple(choices)), ("flag", flag), ("excludes", excludes),
+                       ("minimum", minimum), ("above", above), ("below", below), ("maximum", maximum)):
+        if value is not None:
+            meta[key] = value
     return dataclasses.field(default=default, metadata=meta)
 
 
 def flag_name(field: dataclasses.Field) -> str:
     return field.metadata.get("flag", "--" + field.name.replace("_", "-"))
+
+
+def flag_of(cls: type, name: str) -> str:
+    """The flag of field ``name`` of the dataclass ``cls``."""
+    return flag_name({f.name: f for f in dataclasses.fields(cls)}[name])
+
+
+def _number(x: float) -> str:
+    return f"{x:g}" if isinstance(x, float) else str(x)
+
+
+def _range_text(meta: dict) -> str:
+    """``at least 1``, ``in [0, 1)``, ``> 0`` ... from a field's bounds."""
+    low = ("[", meta["minimum"]) if "minimum" in meta else ("(", meta["above"]) if "above" in meta else None
+    high = ("]", meta["maximum"]) if "maximum" in meta else (")", meta["below"]) if "below" in meta else None
+    if low and high:
+        return f"lie in {low[0]}{_number(low[1])}, {_number(high[1])}{high[0]}"
+    if low:
+        return f"be at least {_number(low[1])}" if low[0] == "[" else f"be greater than {_number(low[1])}"
+    return f"be at most {_number(high[1])}" if high[0] == "]" else f"be less than {_number(high[1])}"
+
+
+def _in_range(value: Any, meta: dict) -> bool:
+    if isinstance(value, float) and not math.isfinite(value):
+        return False
+    return (("minimum" not in meta or value >= meta["minimum"]) and ("above" not in meta or value > meta["above"])
+            and ("maximum" not in meta or value <= meta["maximum"]) and ("below" not in meta or value < meta["below"]))
+
+
+def check_fields(config: Any) -> None:
+    """Raise ConfigError (naming the flag) for the first field that breaks its declared rules."""
+    hints = typing.get_type_hints(type(config))
+    for field in dataclasses.fields(config):
+        value, meta = getattr(config, field.name), field.metadata
+        scalar, optional = _base_type(hints[field.name])
+        if value is None:
+            if optional:
+                continue
+            raise ConfigError(f"{flag_name(field)} needs a value")
+        if scalar in (int, float) and (isinstance(value, bool) or not isinstance(value, numbers.Real)):
+            raise ConfigError(f"{flag_name(field)} must be a number, got {value!r}")
+        if scalar is int and not float(value).is_integer():
+            raise ConfigError(f"{flag_name(field)} must be an integer, got {value!r}")
+        if "choices" in meta and value not in meta["choices"]:
+            raise ConfigError(f"{flag_name(field)} must be one of {', '.join(map(str, meta['choices']))}, "
+                              f"got {value!r}")
+        if any(k in meta for k in ("minimum", "above", "below", "maximum")) and not _in_range(value, meta):
+            raise ConfigError(f"{flag_name(field)} must {_range_text(meta)}, got {_number(value)}")
+
+
+class Config:
+    """Base of every config dataclass: ``validate()`` checks the fields' declared rules, then ``check()``.
+
+    A subclass overrides :meth:`check` only for rules that tie several fields together.
+    """
+
+    def validate(self) -> None:
+        check_fields(self)
+        self.check()
+
+    def check(self) -> None:
+        """Rules across fields (none by default)."""
+
+
+def field_metadata(cls: type, name: str) -> Mapping[str, Any]:
+    """The :func:`option` metadata of field ``name`` of the dataclass ``cls``."""
+    return {f.name: f for f in dataclasses.fields(cls)}[name].metadata
+
+
+def resumable_flags(classes: typing.Iterable[type]) -> list[str]:
+    """The flags of ``classes`` that a resume may change (for documentation and errors)."""
+    return sorted({flag_name(f) for cls in classes for f in dataclasses.fields(cls) if f.metadata.get("resumable")})
 
 
 def _base_type(tp: Any) -> tuple[type, bool]:
@@ -60,23 +147,30 @@ def _parse_optional(scalar: type):
 
 
 def add_arguments(parser: argparse.ArgumentParser | argparse._ArgumentGroup, cls: type,
-                  exclude: typing.Iterable[str] = (), defaults: dict[str, Any] | None = None) -> None:
-    """Add one flag per field of the dataclass ``cls``.
+                  exclude: typing.Iterable[str] = (), per_model: dict[str, list[str]] | None = None,
+                  extra: dict[str, dict[str, Any]] | None = None) -> None:
+    """Add one flag per field of the dataclass ``cls`` (except the fields named in ``exclude``).
 
-    Defaults are taken from the dataclass (or ``defaults``); ``bool`` fields
-    become ``--flag/--no-flag`` switches. The parsed attribute is the field name.
+    Defaults are the dataclass's; ``per_model`` lists, by field, the models
+    whose registered defaults differ (shown in ``--help``); ``extra`` adds
+    argparse keywords by field. ``bool`` fields become ``--flag/--no-flag``
+    switches. Only flags the user gives appear in the parsed namespace (the
+    attribute is the field name), so an explicit flag can always be told
+    from a default.
     """
     hints = typing.get_type_hints(cls)
-    defaults = defaults or {}
+    per_model, extra = per_model or {}, extra or {}
     own = set(vars(cls).get("__annotations__", {}))
     fields = sorted(dataclasses.fields(cls), key=lambda f: f.name not in own)   # inherited options last
     for field in fields:
         if field.name in exclude:
             continue
-        default = defaults.get(field.name, field.default)
         scalar, optional = _base_type(hints[field.name])
+        shown = f"default: {field.default}"
+        if field.name in per_model:
+            shown += "; " + ", ".join(per_model[field.name])
         kwargs: dict[str, Any] = {"dest": field.name, "default": argparse.SUPPRESS,
-                                  "help": f"{field.metadata.get('help', '')} (default: {default})"}
+                                  "help": f"{field.metadata.get('help', '')} ({shown})"}
         if scalar is bool:
             kwargs["action"] = argparse.BooleanOptionalAction
         else:
@@ -84,6 +178,7 @@ def add_arguments(parser: argparse.ArgumentParser | argparse._ArgumentGroup, cls
             if "choices" in field.metadata:
                 kwargs["choices"] = field.metadata["choices"]
             kwargs["metavar"] = field.name.upper()
+        kwargs.update(extra.get(field.name, {}))
         parser.add_argument(flag_name(field), **kwargs)
 
 

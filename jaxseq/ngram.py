@@ -84,7 +84,7 @@ from typing import Sequence
 import numpy as np
 
 from jaxseq import config as config_lib
-from jaxseq.config import option
+from jaxseq.config import Config, option
 from jaxseq.errors import ConfigError, DataError
 
 SMOOTHING_CHOICES = ("mle", "add-k", "kn")
@@ -94,21 +94,13 @@ FORMAT_VERSION = 1
 
 
 @dataclass(frozen=True)
-class NGramConfig:
+class NGramConfig(Config):
     """Order and smoothing of a count-based n-gram language model."""
 
-    order: int = option(3, "n-gram order (1 = unigram)")
+    order: int = option(3, "n-gram order (1 = unigram)", minimum=1)
     smoothing: str = option("kn", "mle, add-k (Laplace when k=1) or kn (interpolated modified Kneser-Ney)",
                             choices=SMOOTHING_CHOICES)
-    add_k: float = option(1.0, "the k of add-k smoothing")
-
-    def validate(self) -> None:
-        if isinstance(self.order, bool) or not isinstance(self.order, (int, np.integer)) or self.order < 1:
-            raise ConfigError(f"--order must be an integer of at least 1, got {self.order!r}")
-        if self.smoothing not in SMOOTHING_CHOICES:
-            raise ConfigError(f"--smoothing must be one of {', '.join(SMOOTHING_CHOICES)}, got {self.smoothing!r}")
-        if not (isinstance(self.add_k, (int, float, np.number)) and np.isfinite(self.add_k) and self.add_k > 0):
-            raise ConfigError(f"--add-k must be a positive number, got {self.add_k!r}")
+    add_k: float = option(1.0, "the k of add-k smoothing", above=0.0)
 
 
 # -- k-gram keys ---------------------------------------------------------------

@@ -12,7 +12,8 @@ concatenated,
 ``clip = 0`` turns clipping off. ``apply_if_finite`` skips (and counts) an
 update whose gradients hold a NaN or an infinity, leaving parameters and
 optimizer moments as they were; the trainer stops the run after
-``max_nonfinite`` such steps in a row.
+``--max-nonfinite`` such steps in a row (a :class:`~jaxseq.train.TrainConfig`
+setting: the trainer takes any optax transformation, this chain or another).
 
 Schedules (``step`` counts updates from 0, ``W`` = warmup, ``S`` = total steps):
 
@@ -31,7 +32,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from jaxseq.config import option
+from jaxseq.config import Config, option
 from jaxseq.errors import ConfigError
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
@@ -41,39 +42,26 @@ NEVER = 2**31 - 1
 
 
 @dataclass(frozen=True)
-class OptimConfig:
+class OptimConfig(Config):
     """How parameters are updated."""
 
     optimizer: str = option("adam", "the update rule", choices=OPTIMIZERS)
-    lr: float | None = option(None, "peak learning rate (default: 1.0 for sgd, 2e-3 for adam/adamw)")
+    lr: float | None = option(None, "peak learning rate (default: 1.0 for sgd, 2e-3 for adam/adamw)", above=0.0)
     schedule: str = option("constant", "learning-rate schedule", choices=SCHEDULES)
-    warmup: int = option(0, "linear warmup steps")
-    min_lr: float = option(0.0, "final learning rate of the cosine schedule")
-    momentum: float = option(0.0, "SGD momentum")
-    beta1: float = option(0.9, "Adam beta1")
-    beta2: float = option(0.999, "Adam beta2")
+    warmup: int = option(0, "linear warmup steps", minimum=0)
+    min_lr: float = option(0.0, "final learning rate of the cosine schedule", minimum=0.0)
+    momentum: float = option(0.0, "SGD momentum", minimum=0.0, below=1.0)
+    beta1: float = option(0.9, "Adam beta1", minimum=0.0, below=1.0)
+    beta2: float = option(0.999, "Adam beta2", minimum=0.0, below=1.0)
     weight_decay: float | None = option(None, "decoupled weight decay of adamw on matrices "
-                                        "(default 0.01); not used by sgd/adam")
-    clip: float = option(1.0, "clip gradients to this global L2 norm (0 = no clipping)")
-    max_nonfinite: int = option(5, "stop after this many non-finite steps in a row (each is skipped)")
+                                        "(default 0.01); not used by sgd/adam", minimum=0.0)
+    clip: float = option(1.0, "clip gradients to this global L2 norm (0 = no clipping)", minimum=0.0)
 
     @property
     def peak_lr(self) -> float:
         return DEFAULT_LR[self.optimizer] if self.lr is None else self.lr
 
-    def validate(self) -> None:
-        if self.optimizer not in OPTIMIZERS:
-            raise ConfigError(f"--optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
-        if self.schedule not in SCHEDULES:
-            raise ConfigError(f"--schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
-        if not self.peak_lr > 0:
-            raise ConfigError(f"--lr must be positive, got {self.lr}")
-        if self.clip < 0:
-            raise ConfigError(f"--clip must be >= 0 (0 turns clipping off), got {self.clip}")
-        if self.warmup < 0 or self.min_lr < 0:
-            raise ConfigError("--warmup and --min-lr must be >= 0")
-        if self.max_nonfinite < 1:
-            raise ConfigError(f"--max-nonfinite must be at least 1, got {self.max_nonfinite}")
+    def check(self) -> None:
         if self.weight_decay is not None and self.optimizer != "adamw" and self.weight_decay != 0:
             raise ConfigError("--weight-decay is used by adamw only; add --optimizer adamw")
 
@@ -135,5 +123,13 @@ def _standard_promotion(tx: optax.GradientTransformation) -> optax.GradientTrans
 
 
 def nonfinite_count(opt_state) -> jax.Array:
-    """Consecutive non-finite steps skipped so far (from ``apply_if_finite``'s state)."""
-    return opt_state.notfinite_count
+    """Consecutive non-finite steps skipped so far: the ``notfinite_count`` of the first
+    ``optax.apply_if_finite`` state found in ``opt_state``, or 0 when there is none
+    (any other optax transformation trains too; its non-finite steps are not skipped)."""
+    found = [s for s in jax.tree_util.tree_leaves(opt_state, is_leaf=_is_finite_state)
+             if _is_finite_state(s)]
+    return found[0].notfinite_count if found else jnp.zeros((), jnp.int32)
+
+
+def _is_finite_state(x) -> bool:
+    return isinstance(x, optax.ApplyIfFiniteState)

@@ -25,7 +25,7 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from jaxseq.config import option
+from jaxseq.config import Config, option
 from jaxseq.errors import ConfigError
 
 DATA, FSDP = "data", "fsdp"
@@ -33,21 +33,22 @@ BATCH_AXES = (DATA, FSDP)
 
 
 @dataclass(frozen=True)
-class ParallelConfig:
+class ParallelConfig(Config):
     """Devices, parameter sharding and the multi-host cluster."""
 
-    devices: int | None = option(None, "devices to use (default: all devices of all hosts)")
-    fsdp: int = option(1, "shard parameters and optimizer state over this many devices (FSDP)")
-    distributed: bool = option(False, "join a multi-host run (jax.distributed.initialize)")
-    coordinator: str | None = option(None, "host:port of process 0 (default: auto-detected from the cluster)")
-    num_processes: int | None = option(None, "number of processes (default: auto-detected)")
-    process_id: int | None = option(None, "this process's index (default: auto-detected)")
+    devices: int | None = option(None, "devices to use (default: all devices of all hosts)", minimum=1,
+                                 resumable=True)
+    fsdp: int = option(1, "shard parameters and optimizer state over this many devices (FSDP)", minimum=1,
+                       resumable=True)
+    distributed: bool = option(False, "join a multi-host run (jax.distributed.initialize)", resumable=True)
+    coordinator: str | None = option(None, "host:port of process 0 (default: auto-detected from the cluster)",
+                                     resumable=True)
+    num_processes: int | None = option(None, "number of processes (default: auto-detected)", minimum=1,
+                                       resumable=True)
+    process_id: int | None = option(None, "this process's index (default: auto-detected)", minimum=0,
+                                    resumable=True)
 
-    def validate(self) -> None:
-        if self.fsdp < 1:
-            raise ConfigError(f"--fsdp must be at least 1, got {self.fsdp}")
-        if self.devices is not None and self.devices < 1:
-            raise ConfigError(f"--devices must be at least 1, got {self.devices}")
+    def check(self) -> None:
         manual = [self.coordinator, self.num_processes, self.process_id]
         if any(v is not None for v in manual) and not self.distributed:
             raise ConfigError("--coordinator, --num-processes and --process-id need --distributed")

@@ -38,52 +38,48 @@ from jax.sharding import Mesh
 
 from jaxseq import losses, parallel
 from jaxseq.checkpoint import Checkpointer
-from jaxseq.config import option
+from jaxseq.config import Config, option
 from jaxseq.errors import ConfigError, TrainingError
 from jaxseq.metrics import perplexity
-from jaxseq.optim import OptimConfig, nonfinite_count
+from jaxseq.optim import nonfinite_count
 
 Array = jax.Array
 Batch = dict[str, Any]
 
 
 @dataclass(frozen=True)
-class TrainConfig:
+class TrainConfig(Config):
     """How long to train and how often to validate, log and checkpoint."""
 
-    steps: int | None = option(None, "training steps (parameter updates)")
-    epochs: int | None = option(None, "passes over the training data (instead of --steps)")
+    steps: int | None = option(None, "training steps (parameter updates)", minimum=1, resumable=True,
+                               excludes="epochs")
+    epochs: int | None = option(None, "passes over the training data (instead of --steps)", minimum=1,
+                                resumable=True, excludes="steps")
     seed: int = option(0, "seed for initialisation, data order and dropout")
-    eval_every: int = option(500, "validate every N steps (0: only at the end)")
-    log_every: int = option(50, "log training metrics every N steps")
-    checkpoint_every: int = option(1000, "checkpoint every N steps (and always at the end)")
-    keep: int = option(3, "how many recent checkpoints to keep")
+    eval_every: int = option(500, "validate every N steps (0: only at the end)", minimum=0, resumable=True)
+    log_every: int = option(50, "log training metrics every N steps", minimum=1, resumable=True)
+    checkpoint_every: int = option(1000, "checkpoint every N steps (and always at the end)", minimum=0,
+                                   resumable=True)
+    keep: int = option(3, "how many recent checkpoints to keep", minimum=1, resumable=True)
     keep_best: bool = option(False, "also keep the checkpoint with the lowest validation loss (checkpoints/best)")
-    label_smoothing: float = option(0.0, "label smoothing of the training loss")
+    label_smoothing: float = option(0.0, "label smoothing of the training loss", minimum=0.0, below=1.0)
     dtype: str = option("float32", "compute dtype (parameters and the loss stay float32)",
                         choices=("float32", "bfloat16"))
     remat: bool = option(False, "recompute activations in the backward pass (less memory, more compute)")
     time_limit: float | None = option(None, "stop after this many seconds of this run (checked every --log-every "
                                       "steps), then validate, checkpoint and report as at the last step; "
-                                      "the schedule still spans --steps")
-    progress: bool = option(True, "show a progress bar")
+                                      "the schedule still spans --steps", above=0.0, resumable=True)
+    max_nonfinite: int = option(5, "stop after this many non-finite steps in a row (each is skipped)", minimum=1,
+                                resumable=True)
+    progress: bool = option(True, "show a progress bar", resumable=True)
 
-    def validate(self) -> None:
+    def check(self) -> None:
         if self.steps is not None and self.epochs is not None:
             raise ConfigError("give --steps or --epochs, not both")
-        for name in ("steps", "epochs"):
-            value = getattr(self, name)
-            if value is not None and value < 1:
-                raise ConfigError(f"--{name} must be at least 1, got {value}")
-        for name in ("eval_every", "checkpoint_every"):
-            if getattr(self, name) < 0:
-                raise ConfigError(f"--{name.replace('_', '-')} must be >= 0")
-        if self.log_every < 1 or self.keep < 1:
-            raise ConfigError("--log-every and --keep must be at least 1")
-        if not 0.0 <= self.label_smoothing < 1.0:
-            raise ConfigError(f"--label-smoothing must lie in [0, 1), got {self.label_smoothing}")
-        if self.time_limit is not None and not self.time_limit > 0:
-            raise ConfigError(f"--time-limit must be a positive number of seconds, got {self.time_limit}")
+
+    @property
+    def compute_dtype(self) -> Any:
+        return jnp.bfloat16 if self.dtype == "bfloat16" else jnp.float32
 
     def total_steps(self, batches_per_epoch: int, default: int) -> int:
         if self.steps is not None:
@@ -295,13 +291,103 @@ class FitResult:
     history: list[dict] = field(default_factory=list)
 
 
+class _Periodic:
+    """The actions of a fit between steps: log, validate, checkpoint (each also at the end).
+
+    It owns the log window and the buffered step metrics; the loop in
+    :func:`fit` owns the state and calls these after each step.
+    """
+
+    def __init__(self, *, config: TrainConfig, batches, mesh: Mesh, eval_fn: Callable,
+                 valid_batches: list[Batch] | None, eval_carry: Any, extra_eval: Callable[[Any], dict] | None,
+                 checkpointer: Checkpointer | None, manifest: dict | None, metrics_log: MetricsLog,
+                 echo: Callable[[str], None], bar, result: FitResult, t0: float):
+        self.config, self.batches, self.mesh, self.eval_fn = config, batches, mesh, eval_fn
+        self.valid_batches, self.eval_carry, self.extra_eval = valid_batches, eval_carry, extra_eval
+        self.checkpointer, self.manifest, self.metrics_log = checkpointer, manifest, metrics_log
+        self.echo, self.bar, self.result, self.t0 = echo, bar, result, t0
+        self.pending: list[dict] = []
+        self.streak = 0                  # consecutive non-finite steps seen on the host
+        self.window = {"nll": 0.0, "tokens": 0.0, "time": time.perf_counter(), "skipped": 0}
+
+    def flush(self, step: int) -> None:
+        """Read buffered step metrics back (one device sync) and log them; stop on a non-finite streak."""
+        if not self.pending:
+            return
+        values, window = jax.device_get(self.pending), self.window
+        first = step - len(values) + 1
+        for i, m in enumerate(values):
+            finite = np.isfinite(m["loss"]) and np.isfinite(m["grad_norm"])
+            window["skipped"] += not finite
+            # the optimizer's own count (apply_if_finite), or ours for a transformation without one
+            self.streak = 0 if finite else self.streak + 1
+            streak = max(int(m["nonfinite"]), self.streak)
+            if streak >= self.config.max_nonfinite:
+                self._nonfinite_stop(first + i - streak + 1, streak)
+            window["nll"] += float(m["nll_sum"])
+            window["tokens"] += float(m["tokens"])
+        self.pending.clear()
+        now = time.perf_counter()
+        loss = window["nll"] / max(window["tokens"], 1.0)
+        record = {"step": step, "split": "train", "loss": loss, "perplexity": math.exp(min(loss, 700)),
+                  "tokens_per_s": window["tokens"] / max(now - window["time"], 1e-9),
+                  "grad_norm": float(values[-1]["grad_norm"]), "skipped": window["skipped"],
+                  "wall_time": now - self.t0}
+        self.metrics_log.write(record)
+        self.result.history.append(record)
+        self.bar.set_postfix(loss=f"{loss:.3f}", ppl=f"{record['perplexity']:.2f}",
+                             tok_s=f"{record['tokens_per_s']:.0f}", refresh=False)
+        window.update(nll=0.0, tokens=0.0, time=now, skipped=0)
+
+    def _nonfinite_stop(self, streak_start: int, count: int) -> None:
+        last = self.checkpointer.latest_step() if self.checkpointer else None
+        if last:
+            where = (f"the last good checkpoint (step {last}) is intact; continue from it with --resume and a "
+                     "lower --lr or tighter --clip")
+        else:
+            where = "no checkpoint was written; start again with --restart and a lower --lr or tighter --clip"
+        raise TrainingError(f"step {streak_start}: the loss or gradients became non-finite ({count} steps in a "
+                            f"row, each skipped); {where}, or check the data")
+
+    def validate(self, state: TrainState, step: int) -> None:
+        if not self.valid_batches:
+            return
+        self.flush(step)
+        t = time.perf_counter()
+        record = evaluate(self.eval_fn, state.params, self.valid_batches, self.mesh, self.eval_carry)
+        if self.extra_eval is not None:
+            record.update(self.extra_eval(state.params))
+        record.update(step=step, split="valid", wall_time=time.perf_counter() - self.t0)
+        self.result.valid = record
+        if self.checkpointer is not None and self.config.keep_best and np.isfinite(record["nll"]):
+            self.checkpointer.save_best(step, record["nll"], state, self.batches.get_state(),
+                                        dict(self.manifest or {}, step=step))
+        self.metrics_log.write(record)
+        self.result.history.append(record)
+        shown = ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
+                          for k, v in record.items() if k not in ("step", "split", "wall_time", "tokens"))
+        self.echo(f"step {step}: validation {shown}")
+        self.window["time"] += time.perf_counter() - t   # validation time is not training time
+
+    def save(self, state: TrainState, step: int) -> None:
+        if self.checkpointer is None or step in self.checkpointer.steps():   # saved already (resumed or stopped)
+            return
+        self.flush(step)
+        self.checkpointer.save(step, state, self.batches.get_state(), dict(self.manifest or {}, step=step))
+
+
+def _due(every: int, step: int, total: int) -> bool:
+    """Whether a periodic action set to ``every`` steps (0: never) falls on ``step`` before the last."""
+    return bool(every) and step % every == 0 and step < total
+
+
 def fit(model: nn.Module, state: TrainState, tx: optax.GradientTransformation, batches: Iterator[Batch], *,
-        total_steps: int, config: TrainConfig, optim: OptimConfig, mesh: Mesh,
+        total_steps: int, config: TrainConfig, mesh: Mesh,
         valid_batches: list[Batch] | None = None, eval_carry: Any = None,
         checkpointer: Checkpointer | None = None, manifest: dict | None = None,
         metrics_log: MetricsLog | None = None, extra_eval: Callable[[Any], dict] | None = None,
         echo: Callable[[str], None] | None = None) -> FitResult:
-    """Train ``state`` up to ``total_steps`` updates.
+    """Train ``state`` up to ``total_steps`` updates with any optax transformation ``tx``.
 
     ``batches`` yields host (NumPy) batches and has ``get_state()`` (saved in
     each checkpoint). Every ``log_every`` steps the buffered metrics are read
@@ -313,106 +399,46 @@ def fit(model: nn.Module, state: TrainState, tx: optax.GradientTransformation, b
     its last step (validation, checkpoint) at the first log step past the
     limit, with ``timed_out`` set; process 0's clock decides for all.
     """
-    echo = echo or (lambda msg: None)
-    metrics_log = metrics_log or MetricsLog(Path("/dev/null"), enabled=False)
+    from tqdm.auto import tqdm
+
     step_fn = make_train_step(model, tx, label_smoothing=config.label_smoothing,
                               shardings=(state_shardings(state), parallel.batch_sharding(mesh)))
-    eval_fn = make_eval_step(model)
-    start = int(jax.device_get(state.step))
-    t0 = time.perf_counter()
+    start, t0 = int(jax.device_get(state.step)), time.perf_counter()
     result = FitResult(state=state)
-    pending: list[dict] = []
-    window = {"nll": 0.0, "tokens": 0.0, "time": time.perf_counter(), "skipped": 0}
-
-    from tqdm.auto import tqdm
     bar = tqdm(total=total_steps, initial=start, disable=not config.progress or jax.process_index() != 0,
                dynamic_ncols=True, file=sys.stderr, leave=False, unit="step")
-
-    def flush(step: int) -> None:
-        """Read buffered step metrics back; stop on a streak of non-finite steps."""
-        if not pending:
-            return
-        values = jax.device_get(pending)
-        first = step - len(values) + 1
-        for i, m in enumerate(values):
-            if not (np.isfinite(m["loss"]) and np.isfinite(m["grad_norm"])):
-                window["skipped"] += 1
-            if int(m["nonfinite"]) >= optim.max_nonfinite:
-                streak_start = first + i - int(m["nonfinite"]) + 1
-                last = checkpointer.latest_step() if checkpointer else None
-                where = f"the last good checkpoint (step {last}) is intact" if last else "no checkpoint was written"
-                raise TrainingError(
-                    f"step {streak_start}: the loss or gradients became non-finite "
-                    f"({int(m['nonfinite'])} steps in a row, each skipped); {where}; "
-                    "lower --lr, tighten --clip or check the data")
-            window["nll"] += float(m["nll_sum"])
-            window["tokens"] += float(m["tokens"])
-        pending.clear()
-        now = time.perf_counter()
-        loss = window["nll"] / max(window["tokens"], 1.0)
-        record = {"step": step, "split": "train", "loss": loss, "perplexity": math.exp(min(loss, 700)),
-                  "tokens_per_s": window["tokens"] / max(now - window["time"], 1e-9),
-                  "grad_norm": float(values[-1]["grad_norm"]), "skipped": window["skipped"],
-                  "wall_time": now - t0}
-        metrics_log.write(record)
-        result.history.append(record)
-        bar.set_postfix(loss=f"{loss:.3f}", ppl=f"{record['perplexity']:.2f}",
-                        tok_s=f"{record['tokens_per_s']:.0f}", refresh=False)
-        window.update(nll=0.0, tokens=0.0, time=now, skipped=0)
-
-    def validate(step: int) -> None:
-        if not valid_batches:
-            return
-        flush(step)
-        t = time.perf_counter()
-        record = evaluate(eval_fn, state.params, valid_batches, mesh, eval_carry)
-        if extra_eval is not None:
-            record.update(extra_eval(state.params))
-        record.update(step=step, split="valid", wall_time=time.perf_counter() - t0)
-        result.valid = record
-        if checkpointer is not None and config.keep_best and np.isfinite(record["nll"]):
-            checkpointer.save_best(step, record["nll"], state, batches.get_state(), dict(manifest or {}, step=step))
-        metrics_log.write(record)
-        result.history.append(record)
-        shown = ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
-                          for k, v in record.items() if k not in ("step", "split", "wall_time", "tokens"))
-        echo(f"step {step}: validation {shown}")
-        window["time"] += time.perf_counter() - t   # validation time is not training time
-
-    def save(step: int) -> None:
-        if checkpointer is None or step in checkpointer.steps():   # saved already (a resumed or stopped run)
-            return
-        flush(step)
-        checkpointer.save(step, state, batches.get_state(), dict(manifest or {}, step=step))
-
+    actions = _Periodic(config=config, batches=batches, mesh=mesh, eval_fn=make_eval_step(model),
+                        valid_batches=valid_batches, eval_carry=eval_carry, extra_eval=extra_eval,
+                        checkpointer=checkpointer, manifest=manifest,
+                        metrics_log=metrics_log or MetricsLog(Path("/dev/null"), enabled=False),
+                        echo=echo or (lambda msg: None), bar=bar, result=result, t0=t0)
     with _StopSignals() as stop:
         step = start
         try:
             while step < total_steps:
-                batch = parallel.shard_batch(next(batches), mesh)
-                state, metrics = step_fn(state, batch)
-                pending.append(metrics)
+                state, metrics = step_fn(state, parallel.shard_batch(next(batches), mesh))
+                actions.pending.append(metrics)
                 step += 1
                 bar.update(1)
                 if step % config.log_every == 0 or step == total_steps:
-                    flush(step)
-                if (config.time_limit and step % config.log_every == 0 and step < total_steps
+                    actions.flush(step)
+                if (config.time_limit and _due(config.log_every, step, total_steps)
                         and _past(t0, config.time_limit)):
-                    echo(f"step {step}: --time-limit of {config.time_limit:g}s reached")
+                    actions.echo(f"step {step}: --time-limit of {config.time_limit:g}s reached")
                     result.timed_out = True
                     break                             # validated and saved below, as a last step
-                if config.eval_every and step % config.eval_every == 0 and step < total_steps:
-                    validate(step)
-                if config.checkpoint_every and step % config.checkpoint_every == 0 and step < total_steps:
-                    save(step)
+                if _due(config.eval_every, step, total_steps):
+                    actions.validate(state, step)
+                if _due(config.checkpoint_every, step, total_steps):
+                    actions.save(state, step)
                 if stop.received is not None:
-                    save(step)
+                    actions.save(state, step)
                     result.interrupted = stop.received
                     break
             if result.interrupted is None:
-                flush(step)
-                validate(step)
-                save(step)
+                actions.flush(step)
+                actions.validate(state, step)
+                actions.save(state, step)
         finally:
             bar.close()
             if checkpointer is not None:

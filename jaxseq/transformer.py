@@ -21,7 +21,7 @@ An encoder block is self-attention (padding masked by the source valid
 lengths) then FFN; a decoder block is causal self-attention, optionally
 cross-attention to the encoder output, then FFN. Attention is
 :class:`jaxseq.attention.MultiHeadAttention`; dense layers run on
-``(B*T, C)`` arrays (DESIGN.md).
+``(B*T, C)`` arrays (docs/DESIGN.md).
 
 Decoding keeps, per decoder block, a self-attention key/value cache (and the
 projected encoder keys/values for cross-attention): an explicit pytree whose
@@ -43,7 +43,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxseq.attention import MultiHeadAttention, Projection
-from jaxseq.config import option
+from jaxseq.config import Config, option
 from jaxseq.errors import ConfigError
 
 Array = jax.Array
@@ -56,16 +56,17 @@ ACTIVATIONS: dict[str, Callable[[Array], Array]] = {
 
 
 @dataclass(frozen=True)
-class TransformerOptions:
-    """The Transformer's flags, shared by the language model and the translation model configs.
+class TransformerOptions(Config):
+    """The Transformer's flags, shared by the language model and the translation model.
 
-    The number of blocks is the config's ``layers`` and the dropout its
-    ``dropout`` (flags both model families share).
+    The number of blocks is the task's ``--layers`` and the dropout its
+    ``--dropout`` (flags every model family shares).
     """
 
-    d_model: int = option(128, "transformer: width of the residual stream")
-    heads: int = option(4, "transformer: attention heads (must divide --d-model)")
-    ffn: int | None = option(None, "transformer: hidden units of the feed-forward layers (default 4 x --d-model)")
+    d_model: int = option(128, "transformer: width of the residual stream", minimum=1)
+    heads: int = option(4, "transformer: attention heads (must divide --d-model)", minimum=1)
+    ffn: int | None = option(None, "transformer: hidden units of the feed-forward layers (default 4 x --d-model)",
+                             minimum=1)
     ffn_activation: str = option("relu", "transformer: nonlinearity of the feed-forward layers (gelu: tanh form)",
                                  choices=tuple(ACTIVATIONS))
     positional: str = option("sinusoidal", "transformer: position encoding", choices=POSITIONALS)
@@ -73,18 +74,9 @@ class TransformerOptions:
                        "or before each sublayer (pre, GPT-2's)", choices=NORMS)
     scan_layers: bool = option(False, "transformer: run the blocks as one nn.scan (compile time flat in depth)")
 
-    def validate_transformer(self) -> None:
-        for name in ("d_model", "heads", "ffn"):
-            value = getattr(self, name)
-            if value is not None and value < 1:
-                raise ConfigError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
+    def check(self) -> None:
         if self.d_model % self.heads:
             raise ConfigError(f"--d-model {self.d_model} is not divisible by --heads {self.heads}")
-        for name, allowed in (("ffn_activation", tuple(ACTIVATIONS)), ("positional", POSITIONALS),
-                              ("norm", NORMS)):
-            if getattr(self, name) not in allowed:
-                raise ConfigError(f"--{name.replace('_', '-')} must be one of {', '.join(allowed)}, "
-                                  f"got {getattr(self, name)!r}")
 
     def stack_options(self) -> dict[str, Any]:
         """The keyword arguments of :class:`Stack` these options set."""

@@ -16,21 +16,45 @@ import json
 import os
 import tempfile
 import time
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
-from jaxseq.config import dumps
+from jaxseq.config import dumps, field_metadata, resumable_flags
 from jaxseq.errors import CheckpointError, ConfigError
-
-# settings that may change when a run is resumed (length and logistics, not the model or data)
-RESUMABLE = {"steps", "epochs", "eval_every", "log_every", "checkpoint_every", "keep", "progress",
-             "devices", "fsdp", "distributed", "coordinator", "num_processes", "process_id"}
 
 
 def _is_writer() -> bool:
     """Only process 0 of a multi-host run writes the shared files."""
     import jax
     return jax.process_index() == 0
+
+
+def merge_resumed(saved: dict, given: dict[str, Any], sections: dict[str, type]) -> dict:
+    """``saved`` (a config.json) updated with the flags ``given`` now, by field name.
+
+    A flag whose field is declared ``resumable`` (see :func:`jaxseq.config.option`)
+    replaces the saved value (and clears the field its ``excludes`` names:
+    ``--epochs`` replaces ``--steps``); any other flag must equal it.
+    """
+    merged = {k: dict(v) if isinstance(v, dict) else v for k, v in saved.items()}
+    for name, value in given.items():
+        homes = [s for s, cls in sections.items() if s in merged and name in {f.name for f in fields(cls)}]
+        flag = "--" + name.replace("_", "-")
+        if not homes:
+            raise ConfigError(f"{flag} is not a setting of the run being resumed (a "
+                              f"{saved.get('model', {}).get('model')} model); drop the flag")
+        for section in homes:
+            old, meta = merged[section].get(name), field_metadata(sections[section], name)
+            if meta.get("resumable"):
+                merged[section][name] = value
+                if meta.get("excludes") and value is not None:
+                    merged[section][meta["excludes"]] = None
+            elif old != value:
+                raise ConfigError(f"{flag} {value} differs from the run being resumed ({old}); only "
+                                  f"{', '.join(resumable_flags(sections.values()))} may change on --resume; "
+                                  "drop the flag or use a new --workdir")
+    return merged
 
 
 def default_workdir(task: str, model: str) -> Path:
@@ -105,42 +129,31 @@ class Workdir:
                                   "pick the right --workdir")
         return config
 
-    def plan(self, config: dict, *, resume: bool, given: dict[str, dict] | None = None) -> dict:
+    def plan(self, config: dict, *, resume: bool, given: dict[str, Any] | None = None,
+             sections: dict[str, type] | None = None) -> dict:
         """The config a new or resumed run will use; checks, but writes nothing.
 
         A new run refuses a directory that already holds one. On ``resume``
-        the saved config wins; flags given now must agree with it except for
-        the run-length and logistics settings in ``RESUMABLE``, which are
-        updated. Write the result with :meth:`save_config` once the data and
-        model have been checked, so a refused run leaves nothing behind.
+        the saved config wins; the flags given now (``given``, by field name)
+        must agree with it except those declared ``resumable`` on their field
+        (run length and logistics), which are updated. ``sections`` maps
+        each section name of the config to its dataclass. Write the result
+        with :meth:`save_config` once the data and model have been checked,
+        so a refused run leaves nothing behind.
         """
         if not resume:
             if _is_writer() and self.exists():
                 old = self.config()
                 raise CheckpointError(
                     f"{self.path}: already holds a {old['task']} run (model {old.get('model', {}).get('model')}); "
-                    "add --resume to continue it or choose a new --workdir")
+                    "add --resume to continue it, --restart to start it again, or choose a new --workdir")
             return config
         if not self.exists():
             raise CheckpointError(f"{self.path}: nothing to resume (no config.json); train without --resume first")
         saved = self.config()
         if saved["task"] != config["task"]:
             raise CheckpointError(f"{self.path}: holds a {saved['task']} run, not {config['task']}")
-        for section, flags in (given or {}).items():
-            for name, value in flags.items():
-                old = saved.get(section, {}).get(name)
-                if name in RESUMABLE:
-                    saved.setdefault(section, {})[name] = value
-                elif old != value:
-                    raise ConfigError(f"--{name.replace('_', '-')} {value} differs from the run being resumed "
-                                      f"({old}); drop the flag or use a new --workdir")
-        return saved
+        return merge_resumed(saved, given or {}, sections or {})
 
     def save_config(self, config: dict) -> None:
         self.write_json("config.json", config)
-
-    def start(self, config: dict, *, resume: bool, given: dict[str, dict] | None = None) -> dict:
-        """:meth:`plan` and :meth:`save_config` at once."""
-        config = self.plan(config, resume=resume, given=given)
-        self.save_config(config)
-        return config

@@ -163,10 +163,10 @@ def test_bad_options_are_config_errors():
     with pytest.raises(ConfigError, match="unknown minimal cell"):
         cells.get_min_cell("gru")
     with pytest.raises(ConfigError, match="embedding"):
-        build_lm(LMModelConfig(model="minlstm", hidden=8, embedding=4), 5)
+        build_lm("minlstm", 5, hidden=8, embedding=4)
     with pytest.raises(ConfigError, match="expansion"):
-        build_lm(LMModelConfig(model="mingru", expansion=0.0), 5)
-    assert build_lm(LMModelConfig(model="mingru", min_runner="sequential"), 5).runner == "sequential"
+        build_lm("mingru", 5, expansion=0.0)
+    assert build_lm("mingru", 5, min_runner="sequential").runner == "sequential"
 
 
 # -- the language model ------------------------------------------------------------------
@@ -175,7 +175,7 @@ def test_lm_memorises_a_tiny_corpus_through_the_trainer():
     """A minGRU block with an expansion, trained by jaxseq.train.fit with the carry threaded."""
     mesh = parallel.make_mesh(1)
     ids = np.array(["abcde".index(c) for c in "abcabdabcabe" * 40], np.int32)
-    model = build_lm(LMModelConfig(model="mingru", hidden=16, expansion=1.5, mlp_ratio=2), 5)
+    model = build_lm("mingru", 5, hidden=16, expansion=1.5, mlp_ratio=2)
     optim = OptimConfig(optimizer="adam", lr=2e-2)
     tx = make_optimizer(optim, 120)
     batches = LMBatches(ids, seq_len=12, batch_size=8, sampling="sequential", seed=0)
@@ -189,7 +189,7 @@ def test_lm_memorises_a_tiny_corpus_through_the_trainer():
 def test_lm_decoding_matches_the_teacher_forced_forward_pass():
     """decode_init (parallel) + a chain of decode_step (sequential) == one full forward pass,
     and greedy decode.generate picks the argmax of the teacher-forced logits."""
-    model = build_lm(LMModelConfig(model="minlstm", hidden=8, layers=2, expansion=2.0), 7)
+    model = build_lm("minlstm", 7, hidden=8, layers=2, expansion=2.0)
     tokens = jax.random.randint(jax.random.PRNGKey(0), (2, 10), 0, 7)
     params = train.init_params(model, {"inputs": tokens}, 0)
 

@@ -23,7 +23,7 @@ IDS = np.random.default_rng(0).integers(0, 11, size=2000).astype(np.int32)
 
 
 def _train(mesh, steps=4, dtype=jnp.float32, remat=False, backward="custom"):
-    model = build_lm(LMModelConfig(model="gru", hidden=16, layers=2, backward=backward), 11,
+    model = build_lm("gru", 11, hidden=16, layers=2, backward=backward,
                      dtype=dtype, remat=remat)
     optim = OptimConfig(lr=1e-2)
     tx = make_optimizer(optim, steps)
@@ -102,7 +102,7 @@ def test_batch_not_divisible_by_devices_is_refused():
 
 
 def test_all_padding_batch_gives_finite_loss_and_zero_gradient():
-    model = build_lm(LMModelConfig(model="gru", hidden=8), 5)
+    model = build_lm("gru", 5, hidden=8)
     batch = {"inputs": jnp.zeros((2, 3), jnp.int32), "targets": jnp.zeros((2, 3), jnp.int32),
              "weights": jnp.zeros((2, 3))}
     params = train.init_params(model, batch, 0)

@@ -87,7 +87,7 @@ def test_weighted_cross_entropy_matches_numpy_and_ignores_padding():
 
 @pytest.fixture(scope="module")
 def small_lm():
-    model = build_lm(LMModelConfig(model="gru", hidden=16), vocab_size=7)
+    model = build_lm("gru", 7, hidden=16)
     return model
 
 
@@ -128,7 +128,7 @@ def _fit(model, ids, steps, mesh, *, seed=0, sampling="random", batch_size=4, se
 def test_tiny_corpus_is_memorised(mesh1):
     text = "abcabdabcabe" * 40
     ids = np.array(["abcde".index(c) for c in text], np.int32)
-    model = build_lm(LMModelConfig(model="gru", hidden=32), vocab_size=5)
+    model = build_lm("gru", 5, hidden=32)
     result, _ = _fit(model, ids, 150, mesh1, seq_len=12, batch_size=8, lr=2e-2, sampling="sequential")
     valid = [{"inputs": ids[None, :-1][:, :96].repeat(1, 0), "targets": ids[None, 1:][:, :96],
               "weights": np.ones((1, 96), np.float32)}]

@@ -137,19 +137,19 @@ def test_lm_refuses_windows_longer_than_its_context():
     with pytest.raises(ConfigError, match="longer than the model's 8 positions"):
         model.init(jax.random.PRNGKey(0), {"inputs": jnp.zeros((1, 9), jnp.int32)})
     with pytest.raises(ConfigError, match="--seq-len 16 is longer than --context 8"):
-        build_lm(LMModelConfig(model="transformer", context=8), 5, seq_len=16)
+        build_lm("transformer", 5, context=8, seq_len=16)
     with pytest.raises(ConfigError, match="not divisible by --heads"):
-        build_lm(LMModelConfig(model="transformer", d_model=10, heads=4), 5, seq_len=8)
+        build_lm("transformer", 5, d_model=10, heads=4, seq_len=8)
     with pytest.raises(ConfigError, match="needs --context"):
-        build_lm(LMModelConfig(model="transformer"), 5)
-    assert build_lm(LMModelConfig(model="transformer", layers=3, ffn=None), 5, seq_len=8).context == 8
+        build_lm("transformer", 5)
+    assert build_lm("transformer", 5, layers=3, ffn=None, seq_len=8).context == 8
 
 
 def test_tiny_corpus_is_memorised_and_generated():
     """'abcab?' repeats with ? = d, e alternately: the letter 6 back decides it, which takes attention."""
     text = "abcabdabcabe" * 40
     ids = np.array(["abcde".index(c) for c in text], np.int32)
-    model = build_lm(LMModelConfig(model="transformer", layers=2, d_model=32, heads=2, norm="pre"), 5, seq_len=12)
+    model = build_lm("transformer", 5, layers=2, d_model=32, heads=2, norm="pre", seq_len=12)
     mesh = parallel.make_mesh(1)
     optim = OptimConfig(optimizer="adamw", lr=3e-3, schedule="cosine", warmup=10)
     tx = make_optimizer(optim, 300)

@@ -73,7 +73,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from jaxseq.config import option
+from jaxseq.config import Config, option
 from jaxseq.errors import ConfigError
 
 DESCRIPTION = ("generated: random dates written out in one language and translated to another (Babel's CLDR "
@@ -86,10 +86,10 @@ _TOKEN = {"digits": re.compile(r"\d|[^\W\d_]+|[^\w\s]|_"),
 
 
 @dataclass(frozen=True)
-class DatesConfig:
+class DatesConfig(Config):
     """How the ``dates`` task is generated (fields are prefixed: they sit beside other flags)."""
 
-    dates_count: int = option(20000, "how many date pairs the dates task generates")
+    dates_count: int = option(20000, "how many date pairs the dates task generates", minimum=1)
     dates_source: str = option("en", "source language of the dates task (a CLDR locale: en, fr, de, es, ...)")
     dates_target: str = option("fr", "target language of the dates task (a CLDR locale)")
     dates_source_format: str = option("full", "how source dates are written (CLDR date format)",
@@ -102,18 +102,10 @@ class DatesConfig:
                                 choices=NUMBER_CHOICES)
     dates_seed: int = option(0, "seed of the generated dates (fixed, so every run sees the same data)")
 
-    def validate(self) -> None:
-        for name in ("dates_source_format", "dates_target_format"):
-            if getattr(self, name) not in FORMAT_CHOICES:
-                raise ConfigError(f"--{name.replace('_', '-')} must be one of {', '.join(FORMAT_CHOICES)}, "
-                                  f"got {getattr(self, name)!r}")
-        if self.dates_numbers not in NUMBER_CHOICES:
-            raise ConfigError(f"--dates-numbers must be digits or whole, got {self.dates_numbers!r}")
+    def check(self) -> None:
         if not 1 <= self.dates_first_year <= self.dates_last_year <= 9999:
             raise ConfigError(f"--dates-first-year {self.dates_first_year} and --dates-last-year "
                               f"{self.dates_last_year} must satisfy 1 <= first <= last <= 9999")
-        if self.dates_count < 1:
-            raise ConfigError(f"--dates-count must be at least 1, got {self.dates_count}")
         if self.dates_count > self.num_days:
             raise ConfigError(f"--dates-count {self.dates_count} exceeds the {self.num_days} days between "
                               f"{self.dates_first_year} and {self.dates_last_year}; widen the years")

@@ -19,6 +19,8 @@ state per layer.
 
 from __future__ import annotations
 
+import functools
+from dataclasses import dataclass
 from typing import Any
 
 import flax.linen as nn
@@ -26,10 +28,23 @@ import jax
 import jax.numpy as jnp
 
 from jaxseq import cells
-from jaxseq.models.lm import CarriedStateLM
-from jaxseq.models.recurrent import apply_dense_2d
+from jaxseq.config import Config, option
+from jaxseq.models.recurrent import CarriedStateLM, apply_dense_2d
+from jaxseq.models.registry import ModelSpec, register
 
 Array = jax.Array
+
+
+@dataclass(frozen=True)
+class MinRNNConfig(Config):
+    """The flags of the minGRU / minLSTM family (``--hidden`` is shared with the RNN family)."""
+
+    hidden: int = option(256, "width D of the residual stream and embeddings", minimum=1)
+    expansion: float = option(1.0, "width of the recurrence as a multiple of --hidden", above=0.0)
+    mlp_ratio: int = option(4, "MLP width of each block as a multiple of --hidden (0: no MLP)", minimum=0)
+    min_runner: str = option("parallel", "training runs the recurrence as an associative scan (parallel) or a "
+                             "lax.scan (sequential; faster on a 2-core CPU, see benchmarks)",
+                             choices=cells.MIN_RUNNERS)
 
 
 def inner_width(hidden: int, expansion: float) -> int:
@@ -124,3 +139,18 @@ class MinRNNLM(CarriedStateLM):
             x, c = block(x, c, train=train, runner=runner)
             finals.append(c)
         return apply_dense_2d(self.out, self.norm(x)), tuple(finals)
+
+
+def _build_min(cell: str, run, vocab_sizes: tuple[int, ...]) -> MinRNNLM:
+    m = run.minrnn
+    return MinRNNLM(vocab_size=vocab_sizes[0], cell=cell, hidden=m.hidden, layers=run.model.layers,
+                    expansion=m.expansion, mlp_ratio=m.mlp_ratio, dropout=run.model.dropout, runner=m.min_runner,
+                    dtype=run.train.compute_dtype)
+
+
+# defaults from experiments/README.md (the equal-time comparison): 2 blocks of width 192
+_DEFAULTS = {"model": {"layers": 2}, "minrnn": {"hidden": 192, "mlp_ratio": 1}}
+for _name, _text in (("mingru", "minGRU blocks (Feng et al., 2024), trained as a parallel scan"),
+                     ("minlstm", "minLSTM blocks (Feng et al., 2024), trained as a parallel scan")):
+    register(ModelSpec(task="lm", name=_name, description=_text, sections=("minrnn",),
+                       build=functools.partial(_build_min, _name), defaults=_DEFAULTS, carries_state=True))

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import flax.linen as nn
 import jax
@@ -23,6 +23,7 @@ class Recurrent(nn.Module):
     """
 
     cell: str = "gru"
+    activation: str = "tanh"      # phi of the plain RNN cell
     hidden: int = 256
     reverse: bool = False
     vocab_size: int | None = None
@@ -33,7 +34,7 @@ class Recurrent(nn.Module):
 
     @nn.compact
     def __call__(self, xs: Array, carry=None, mask: Array | None = None):
-        cell = cells.get_cell(self.cell)
+        cell = cells.get_cell(self.cell, self.activation)
         in_size = self.vocab_size if self.vocab_size else xs.shape[-1]
         params = self.param("cell", lambda key: cell.init(key, in_size, self.hidden))
         params = jax.tree_util.tree_map(lambda p: p.astype(self.dtype), params)
@@ -55,6 +56,7 @@ class StackedRecurrent(nn.Module):
     """
 
     cell: str = "gru"
+    activation: str = "tanh"
     hidden: int = 256
     layers: int = 1
     dropout: float = 0.0
@@ -66,7 +68,7 @@ class StackedRecurrent(nn.Module):
     remat: bool = False
 
     def initial_carry(self, batch_size: int):
-        cell = cells.get_cell(self.cell)
+        cell = cells.get_cell(self.cell, self.activation)
         one = cell.initial_carry(batch_size, self.hidden, self.dtype)
         return tuple((one, one) if self.bidirectional else one for _ in range(self.layers))
 
@@ -78,8 +80,9 @@ class StackedRecurrent(nn.Module):
         for layer in range(self.layers):
             if layer > 0 and self.dropout > 0:
                 xs = nn.Dropout(self.dropout, deterministic=not train)(xs)
-            kwargs = dict(cell=self.cell, hidden=self.hidden, layout=self.layout, backward=self.backward,
-                          dtype=self.dtype, remat=self.remat, vocab_size=self.vocab_size if layer == 0 else None)
+            kwargs = dict(cell=self.cell, activation=self.activation, hidden=self.hidden, layout=self.layout,
+                          backward=self.backward, dtype=self.dtype, remat=self.remat,
+                          vocab_size=self.vocab_size if layer == 0 else None)
             if self.bidirectional:
                 c_f, h_f = Recurrent(**kwargs, name=f"layer{layer}_fwd")(xs, carry[layer][0], mask)
                 c_b, h_b = Recurrent(**kwargs, reverse=True, name=f"layer{layer}_bwd")(xs, carry[layer][1], mask)
@@ -91,13 +94,41 @@ class StackedRecurrent(nn.Module):
         return tuple(finals), xs
 
 
-def dense_2d(features: int, name: str, dtype: Any = jnp.float32) -> nn.Dense:
-    return nn.Dense(features, name=name, dtype=dtype)
-
-
 def apply_dense_2d(dense: nn.Module, x: Array) -> Array:
     """A dense layer on ``(B*T, C)`` rather than ``(B, T, C)``: XLA transposes 3-D
-    weight gradients, and the 2-D form was measured 1.35-1.6x faster (DESIGN.md)."""
+    weight gradients, and the 2-D form was measured 1.35-1.6x faster (docs/DESIGN.md)."""
     lead = x.shape[:-1]
     y = dense(x.reshape(-1, x.shape[-1]))
     return y.reshape(*lead, y.shape[-1])
+
+
+class CarriedStateLM(nn.Module):
+    """The model contract of a language model whose state is a carry (a tuple of per-layer states).
+
+    A subclass defines ``initial_carry(batch_size)`` and ``_forward(tokens,
+    carry, train, step=False) -> (logits (B, T, V), carry)`` (``step``: one
+    token at a time, for decoding); this class turns them into ``__call__``,
+    ``decode_init`` and ``decode_step``.
+    """
+
+    target_key: ClassVar[str] = "targets"
+
+    def __call__(self, batch: dict[str, Array], *, train: bool = False, carry=None):
+        """``batch["inputs"]`` ``(B, T)`` -> ``(logits (B, T, V), carry)``."""
+        tokens = batch["inputs"]
+        if carry is None:
+            carry = self.initial_carry(tokens.shape[0])
+        return self._forward(tokens, carry, train)
+
+    def decode_init(self, batch: dict[str, Array]):
+        """The state after reading ``batch["inputs"]`` ``(B, P)`` in one call (P may be 0)."""
+        tokens = batch["inputs"]
+        carry = self.initial_carry(tokens.shape[0])
+        if tokens.shape[1] == 0:
+            return carry
+        return self._forward(tokens, carry, False)[1]
+
+    def decode_step(self, state, tokens: Array):
+        """``tokens`` ``(B,)`` -> ``(logits (B, V), state)``."""
+        logits, state = self._forward(tokens[:, None], state, False, step=True)
+        return logits[:, 0], state

@@ -57,17 +57,17 @@ per sentence. Every block sows its attention weights ``(B, H, Q, K)``;
 :func:`cross_attention` reads the encoder-decoder attention ``(B, T, S)`` of
 any model (the Transformer's: the last block's, averaged over heads).
 
-Another architecture joins by adding its name to ``TRANSLATION_MODELS``, a
-branch in :func:`build_translation_model` (plus its fields in
-:class:`TranslationModelConfig`) and, if it has encoder-decoder attention, a
-``sown_cross_attention`` static method that :func:`cross_attention` calls
-(the RNN models sow it as the top-level ``"attention"``; see
-:func:`has_attention`); the trainer, greedy
-and beam search, BLEU and the CLI need nothing more.
+Another architecture joins by registering a :class:`~jaxseq.models.registry.ModelSpec`
+(its config section, a build function, its capabilities) and, if it has
+encoder-decoder attention (``cross_attention=True``), a ``sown_cross_attention``
+static method that :func:`cross_attention` calls (the RNN models sow it as
+the top-level ``"attention"``); the trainer, greedy and beam search, BLEU
+and the CLI need nothing more.
 """
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -77,42 +77,35 @@ import jax.numpy as jnp
 
 from jaxseq import attention, cells
 from jaxseq.attention import Projection
-from jaxseq.config import option
-from jaxseq.errors import ConfigError
+from jaxseq.config import Config, option
+from jaxseq.models.registry import ModelSpec, register
 from jaxseq.models.recurrent import StackedRecurrent, apply_dense_2d
 from jaxseq.transformer import Embedder, Stack, TransformerOptions
 
 Array = jax.Array
-TRANSLATION_MODELS = ("seq2seq", "bahdanau", "transformer")
 ATTENTION_SCORES = ("additive", "dot")
 
 
 @dataclass(frozen=True)
-class TranslationModelConfig(TransformerOptions):
-    """Architecture of a translation model (the Transformer's flags are :class:`TransformerOptions`)."""
+class TranslationModelConfig(Config):
+    """Which translation model (a name in :mod:`jaxseq.models.registry`), and what every family shares."""
 
     model: str = option("bahdanau", "the model: an RNN encoder-decoder (seq2seq), one with Bahdanau "
-                        "attention (bahdanau) or a Transformer (transformer)", choices=TRANSLATION_MODELS)
-    embed: int = option(256, "embedding dimension of source and target words (RNN models)")
-    hidden: int = option(256, "hidden units of each GRU layer, encoder and decoder (RNN models)")
-    layers: int = option(2, "GRU layers (RNN models) or Transformer blocks of the encoder and of the decoder")
+                        "attention (bahdanau) or a Transformer (transformer)")
+    layers: int = option(2, "GRU layers (RNN models) or Transformer blocks of the encoder and of the decoder",
+                         minimum=1)
     dropout: float = option(0.2, "dropout between GRU layers and on attention weights; in the Transformer "
-                            "also on embeddings and sublayer outputs")
+                            "also on embeddings and sublayer outputs", minimum=0.0, below=1.0)
+
+
+@dataclass(frozen=True)
+class Seq2SeqRNNConfig(Config):
+    """The flags of the RNN encoder-decoders (seq2seq, bahdanau)."""
+
+    embed: int = option(256, "embedding dimension of source and target words", minimum=1)
+    hidden: int = option(256, "hidden units of each GRU layer, encoder and decoder", minimum=1)
     attention: str = option("additive", "attention scoring of the bahdanau model: additive or scaled "
                             "dot product", choices=ATTENTION_SCORES)
-
-    def validate(self) -> None:
-        if self.model not in TRANSLATION_MODELS:
-            raise ConfigError(f"--model must be one of {', '.join(TRANSLATION_MODELS)}, got {self.model!r}")
-        if self.attention not in ATTENTION_SCORES:
-            raise ConfigError(f"--attention must be one of {', '.join(ATTENTION_SCORES)}, got {self.attention!r}")
-        for name in ("embed", "hidden", "layers"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"--{name} must be at least 1, got {getattr(self, name)}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ConfigError(f"--dropout must lie in [0, 1), got {self.dropout}")
-        if self.model == "transformer":
-            self.validate_transformer()
 
 
 # -- the encoder ---------------------------------------------------------------------------
@@ -298,7 +291,6 @@ class RNNEncoderDecoder(nn.Module):
     remat: bool = False
 
     target_key: ClassVar[str] = "tgt_out"
-    recurrent: ClassVar[bool] = False      # no carry between batches: each batch starts from its source
 
     def setup(self):
         sizes = dict(embed=self.embed, hidden=self.hidden, layers=self.layers, dropout=self.dropout,
@@ -360,7 +352,6 @@ class TransformerEncoderDecoder(nn.Module):
     dtype: Any = jnp.float32
 
     target_key: ClassVar[str] = "tgt_out"
-    recurrent: ClassVar[bool] = False
 
     def setup(self):
         embed = lambda vocab, name: Embedder(vocab, self.d_model, self.max_len, self.positional, self.dropout,
@@ -439,27 +430,30 @@ def cross_attention(model: nn.Module, intermediates: dict) -> Array:
     return type(model).sown_cross_attention(intermediates)
 
 
-def build_translation_model(config: TranslationModelConfig, src_vocab_size: int, tgt_vocab_size: int,
-                            dtype: Any = jnp.float32, remat: bool = False, *, max_len: int = 64) -> nn.Module:
-    """The Linen module for ``config`` (``config.model`` picks the architecture).
-
-    ``dtype`` is the compute dtype and ``remat`` recomputes activations in
-    the backward pass (the trainer's ``--dtype`` and ``--remat``);
-    ``max_len`` (the data's ``--max-len``) bounds the Transformer's positions.
-    """
-    config.validate()
-    if config.model == "transformer":
-        return TransformerEncoderDecoder(src_vocab_size, tgt_vocab_size, max_len, num_layers=config.layers,
-                                         dropout=config.dropout, positional=config.positional, remat=remat,
-                                         dtype=dtype, **config.stack_options())
-    if config.model in ("seq2seq", "bahdanau"):
-        return RNNEncoderDecoder(src_vocab_size, tgt_vocab_size, embed=config.embed, hidden=config.hidden,
-                                 layers=config.layers, dropout=config.dropout,
-                                 attention=config.attention if config.model == "bahdanau" else None, dtype=dtype,
-                                 remat=remat)
-    raise ConfigError(f"--model {config.model} is not a translation model")
+def _build_rnn(attention: bool, run, vocab_sizes: tuple[int, int]) -> RNNEncoderDecoder:
+    rnn = run.rnn
+    return RNNEncoderDecoder(*vocab_sizes, embed=rnn.embed, hidden=rnn.hidden, layers=run.model.layers,
+                             dropout=run.model.dropout, attention=rnn.attention if attention else None,
+                             dtype=run.train.compute_dtype, remat=run.train.remat)
 
 
-def has_attention(config: TranslationModelConfig) -> bool:
-    """Whether the model has encoder-decoder attention (:func:`cross_attention` reads its weights)."""
-    return config.model != "seq2seq"
+def _build_transformer(run, vocab_sizes: tuple[int, int]) -> TransformerEncoderDecoder:
+    options = run.transformer
+    return TransformerEncoderDecoder(*vocab_sizes, run.data.max_len, num_layers=run.model.layers,
+                                     dropout=run.model.dropout, positional=options.positional,
+                                     remat=run.train.remat, dtype=run.train.compute_dtype, **options.stack_options())
+
+
+register(ModelSpec(task="translate", name="seq2seq", description="GRU encoder-decoder, context from the encoder",
+                   sections=("rnn",), build=functools.partial(_build_rnn, False)))
+register(ModelSpec(task="translate", name="bahdanau", description="GRU encoder-decoder with Bahdanau attention",
+                   sections=("rnn",), build=functools.partial(_build_rnn, True), cross_attention=True))
+# experiments/fra_eng_transformer.sh's settings (22-25 BLEU on held-out fra-eng pairs)
+register(ModelSpec(
+    task="translate", name="transformer", description="Transformer encoder-decoder (Vaswani et al., 2017)",
+    sections=("transformer",), build=_build_transformer, cross_attention=True, layered_attention=True,
+    decode_cache=True, tuned_allocator=True, steps=900,
+    defaults={"model": {"layers": 2, "dropout": 0.2},
+              "transformer": {"d_model": 256, "heads": 4, "ffn": 1024},
+              "train": {"label_smoothing": 0.1},
+              "optim": {"optimizer": "adam", "lr": 1e-3, "warmup": 200}}))

@@ -22,6 +22,7 @@ crops to exactly ``context`` tokens and recomputes all of them every step.)
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import flax.linen as nn
@@ -29,9 +30,20 @@ import jax
 import jax.numpy as jnp
 
 from jaxseq.attention import Projection
-from jaxseq.transformer import Embedder, Stack
+from jaxseq.config import option
+from jaxseq.errors import ConfigError
+from jaxseq.models.registry import ModelSpec, register
+from jaxseq.transformer import Embedder, Stack, TransformerOptions
 
 Array = jax.Array
+
+
+@dataclass(frozen=True)
+class TransformerLMConfig(TransformerOptions):
+    """The Transformer language model's flags: the shared Transformer options and its context."""
+
+    context: int | None = option(None, "the most positions it reads (decode cache, learned positions; "
+                                 "default --seq-len); longer generation slides a window", minimum=1)
 
 
 class TransformerLM(nn.Module):
@@ -58,7 +70,6 @@ class TransformerLM(nn.Module):
     dtype: Any = jnp.float32
 
     target_key: ClassVar[str] = "targets"
-    recurrent: ClassVar[bool] = False
 
     def setup(self):
         self.embedder = Embedder(self.vocab_size, self.d_model, self.context, self.positional, self.dropout,
@@ -112,3 +123,25 @@ class TransformerLM(nn.Module):
         rows = jnp.arange(tokens.shape[0])
         buffer = state["tokens"].at[rows, index].set(tokens.astype(jnp.int32))
         return self.out(x[:, 0]), {"cache": cache, "tokens": buffer, "index": index + 1}
+
+
+def _build(run, vocab_sizes: tuple[int, ...]) -> TransformerLM:
+    options, seq_len = run.transformer, run.data.seq_len
+    context = options.context or seq_len
+    if seq_len > context:
+        raise ConfigError(f"--seq-len {seq_len} is longer than --context {context}; raise --context")
+    return TransformerLM(vocab_size=vocab_sizes[0], context=context, num_layers=run.model.layers,
+                         dropout=run.model.dropout, positional=options.positional, remat=run.train.remat,
+                         dtype=run.train.compute_dtype, **options.stack_options())
+
+
+# nanoGPT's CPU configuration for character Shakespeare (experiments/nanogpt_shakespeare.sh)
+register(ModelSpec(
+    task="lm", name="transformer", description="decoder-only (GPT-style) Transformer", sections=("transformer",),
+    build=_build, decode_cache=True, tuned_allocator=True,
+    defaults={"model": {"layers": 4, "dropout": 0.0},
+              "transformer": {"d_model": 128, "heads": 4, "norm": "pre", "positional": "learned",
+                              "ffn_activation": "gelu"},
+              "data": {"seq_len": 64, "batch_size": 12},
+              "optim": {"optimizer": "adamw", "lr": 1e-3, "schedule": "cosine", "warmup": 100, "min_lr": 1e-4,
+                        "weight_decay": 0.1, "beta2": 0.99}}))

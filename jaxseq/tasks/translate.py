@@ -16,81 +16,37 @@ from __future__ import annotations
 import dataclasses
 import os
 from pathlib import Path
-from typing import Any, ClassVar, Sequence
+from typing import Any, Mapping, Sequence
 
 import jax
 import numpy as np
 
-from jaxseq import config as config_lib
 from jaxseq import decode, metrics, parallel, train
-from jaxseq.checkpoint import tree_signature
-from jaxseq.config import option
+from jaxseq.config import Config, option
 from jaxseq.data import translation as tr
 from jaxseq.data.dates import DatesConfig, tokenize_date
 from jaxseq.data.text import read_text
 from jaxseq.data.vocab import Vocab
 from jaxseq.errors import ConfigError, DataError
-from jaxseq.models.seq2seq import (TransformerEncoderDecoder, TranslationModelConfig, attention_maps,
-                                   build_translation_model, cross_attention, has_attention)
-from jaxseq.optim import OptimConfig, make_optimizer
-from jaxseq.tasks.common import (Echo, RunConfig, array_fingerprint, compute_dtype, count_params, echo_stdout,
-                                 fit_in_workdir, load_vocab, manifest, restore_params, stopped_early, warn,
-                                 warn_unknown, write_results)
+from jaxseq.manifest import array_fingerprint
+from jaxseq.models.seq2seq import Seq2SeqRNNConfig, TranslationModelConfig, attention_maps, cross_attention
+from jaxseq.optim import OptimConfig
+from jaxseq.tasks import runner
+from jaxseq.tasks.runner import Echo, Run, warn, warn_unknown
+from jaxseq.transformer import TransformerOptions
 from jaxseq.workdir import Workdir
 
-DEFAULT_STEPS = 300
-
-
 @dataclasses.dataclass(frozen=True)
-class TranslateEvalConfig:
+class TranslateEvalConfig(Config):
     """How the trained model is scored at the end of training."""
 
-    beam: int = option(4, "beam size of the final test evaluation (greedy is always reported too)")
-    alpha: float = option(0.6, "length normalisation of beam search: score = log P / ((5 + len) / 6)^alpha")
-    examples: int = option(4, "example translations to print at the end")
-
-    def validate(self) -> None:
-        if self.beam < 1:
-            raise ConfigError(f"--beam must be at least 1, got {self.beam}")
-        if not self.alpha >= 0:
-            raise ConfigError(f"--alpha must be >= 0, got {self.alpha}")
-        if self.examples < 0:
-            raise ConfigError(f"--examples must be >= 0, got {self.examples}")
+    beam: int = option(4, "beam size of the final test evaluation (greedy is always reported too)", minimum=1)
+    alpha: float = option(0.6, "length normalisation of beam search: score = log P / ((5 + len) / 6)^alpha",
+                          minimum=0.0)
+    examples: int = option(4, "example translations to print at the end", minimum=0)
 
 
-SECTIONS = {"data": tr.TranslationDataConfig, "dates": DatesConfig, "model": TranslationModelConfig,
-            "eval": TranslateEvalConfig, "optim": OptimConfig, "train": train.TrainConfig,
-            "parallel": parallel.ParallelConfig}
-
-
-@dataclasses.dataclass
-class TranslateRun(RunConfig):
-    """The configs of a translation run."""
-
-    TASK: ClassVar[str] = "translate"
-    SECTIONS: ClassVar[dict[str, type]] = SECTIONS
-
-    data: tr.TranslationDataConfig = dataclasses.field(default_factory=tr.TranslationDataConfig)
-    dates: DatesConfig = dataclasses.field(default_factory=DatesConfig)
-    model: TranslationModelConfig = dataclasses.field(default_factory=TranslationModelConfig)
-    eval: TranslateEvalConfig = dataclasses.field(default_factory=TranslateEvalConfig)
-    optim: OptimConfig = dataclasses.field(default_factory=OptimConfig)
-    train: train.TrainConfig = dataclasses.field(default_factory=train.TrainConfig)
-    parallel: parallel.ParallelConfig = dataclasses.field(default_factory=parallel.ParallelConfig)
-
-    def validate(self) -> None:
-        self.data.validate()
-        if self.data.data == "dates":
-            self.dates.validate()
-        self.model.validate()
-        self.eval.validate()
-        self.optim.validate()
-        self.train.validate()
-        self.parallel.validate()
-
-
-def _vocab_fingerprints(src: Vocab, tgt: Vocab) -> dict[str, str]:
-    return {"src": src.fingerprint(), "tgt": tgt.fingerprint()}
+SRC, TGT = "src_vocab.json", "tgt_vocab.json"
 
 
 def _data_fingerprint(data: tr.TranslationData) -> str:
@@ -98,9 +54,10 @@ def _data_fingerprint(data: tr.TranslationData) -> str:
     return array_fingerprint(*[a for e in parts for a in (e.src_ids, e.src_len, e.tgt_ids, e.tgt_len)])
 
 
-def _load_data(run: TranslateRun, vocabs: tuple[Vocab, Vocab] | None = None) -> tr.TranslationData:
-    src, tgt = vocabs if vocabs is not None else (None, None)
-    return tr.load_translation(run.data, seed=run.train.seed, options=run.dates, src_vocab=src, tgt_vocab=tgt)
+def _load_data(run: Run, vocabs: dict[str, Vocab] | None = None) -> tr.TranslationData:
+    vocabs = vocabs or {}
+    return tr.load_translation(run.data, seed=run.train.seed, options=run.dates, src_vocab=vocabs.get(SRC),
+                               tgt_vocab=vocabs.get(TGT))
 
 
 # -- decoding many sentences ------------------------------------------------------------------
@@ -141,7 +98,7 @@ def score_translations(hypotheses: Sequence[str], refs: Sequence[str], suffix: s
             f"exact{suffix}": metrics.exact_match(hypotheses, refs)}
 
 
-def _final_scores(model, params, data: tr.TranslationData, split: str, run: TranslateRun, mesh,
+def _final_scores(model, params, data: tr.TranslationData, split: str, run: Run, mesh,
                   echo: Echo) -> dict:
     """BLEU and exact match of greedy and beam search on ``split`` (and its loss, for the test split)."""
     pairs, refs, max_len = data.split(split), references(data.split(split)), run.data.max_len
@@ -164,120 +121,127 @@ def _final_scores(model, params, data: tr.TranslationData, split: str, run: Tran
     return scores
 
 
-# -- training ---------------------------------------------------------------------------------
+# -- the task ---------------------------------------------------------------------------------
 
-def train_translate(run: TranslateRun, workdir: Workdir, *, resume: bool = False, given: dict | None = None,
-                    fallback: bool = False, echo: Echo = echo_stdout) -> dict:
-    """Train the translation model of ``run`` into ``workdir``; returns the results."""
-    run.validate()
-    parallel.initialize(run.parallel)     # before anything touches a device
-    config = workdir.plan(run.to_dict(), resume=resume, given=given)
-    run = TranslateRun.from_dict(config, str(workdir.config_path))
-    vocabs = (load_vocab(workdir, "src_vocab.json"), load_vocab(workdir, "tgt_vocab.json")) if resume else None
-    data = _load_data(run, vocabs)                    # refuses bad data before anything is written
-    echo(f"data: {data.summary()}")
-    workdir.save_config(config)
-    if not resume and jax.process_index() == 0:
-        data.src_vocab.save(workdir.file("src_vocab.json"))
-        data.tgt_vocab.save(workdir.file("tgt_vocab.json"))
+class TranslateTask(runner.Task):
+    """Translation: sentence pairs, an encoder-decoder, BLEU of greedy and beam search."""
 
-    mesh = parallel.mesh_from_config(run.parallel)
-    parallel.check_batch_size(run.data.batch_size, mesh)
-    model = build_translation_model(run.model, len(data.src_vocab), len(data.tgt_vocab),
-                                    dtype=compute_dtype(run.train), remat=run.train.remat, max_len=run.data.max_len)
-    shard = (jax.process_index(), jax.process_count())
-    batches = data.train_batches(seed=run.train.seed, shard=shard)
-    total_steps = run.train.total_steps(batches.batches_per_epoch, DEFAULT_STEPS)
-    tx = make_optimizer(run.optim, total_steps)
-    state = train.create_state(model, tx, data.train_batches(seed=run.train.seed).batch(0, 0), run.train.seed, mesh)
-    expected = manifest("translate", config_lib.to_dict(run.model),
-                        _vocab_fingerprints(data.src_vocab, data.tgt_vocab), state.params, _data_fingerprint(data))
-    valid_global = data.eval_batches("valid")
-    refs_valid = references(data.valid)
-    max_len = run.data.max_len
+    name = "translate"
+    sections = {"data": tr.TranslationDataConfig, "dates": DatesConfig, "model": TranslationModelConfig,
+                "rnn": Seq2SeqRNNConfig, "transformer": TransformerOptions, "eval": TranslateEvalConfig,
+                "optim": OptimConfig, "train": train.TrainConfig, "parallel": parallel.ParallelConfig}
+    families = frozenset({"rnn", "transformer"})
+    vocab_files = (SRC, TGT)
+    default_steps = 300
+    builtin_data = ()
+    data_noun = "data"
 
-    def extra_eval(params) -> dict:
-        hyps = decode_batches(model, params, valid_global, len(data.valid), data.tgt_vocab, max_len=max_len)
-        return score_translations(hyps, refs_valid)
+    def load_data(self, run: Run, vocabs: dict[str, Vocab] | None) -> tr.TranslationData:
+        return _load_data(run, vocabs)
 
-    size = count_params(state.params)
-    describe = lambda: (f"model: {run.model.model}, {size:,} parameters; {total_steps} steps of "
-                        f"{run.data.batch_size} pairs ({batches.batches_per_epoch} per epoch) on "
-                        f"{mesh.devices.size} device(s)")
-    result = fit_in_workdir(model, state, tx, batches, workdir=workdir, expected=expected, resume=resume,
-                            fallback=fallback, total_steps=total_steps, train_config=run.train, optim=run.optim,
-                            mesh=mesh, valid_batches=data.eval_batches("valid", shard=shard) or None,
-                            describe=describe, echo=echo, extra_eval=extra_eval if data.valid else None)
-    step = int(jax.device_get(result.state.step))
-    results = {"model": run.model.model, "step": step, "valid": result.valid, "train_seconds": result.seconds}
-    if stopped_early(result, results, echo):
-        return results
+    def vocabs(self, data: tr.TranslationData) -> dict[str, Vocab]:
+        return {SRC: data.src_vocab, TGT: data.tgt_vocab}
 
-    split = "test" if data.test else "valid"
-    if data.split(split):
-        scores = _final_scores(model, result.state.params, data, split, run, mesh, echo)
+    def check_vocabs(self, vocabs: dict[str, Vocab]) -> None:
+        tr.check_vocab(vocabs[SRC], "source")
+        tr.check_vocab(vocabs[TGT], "target")
+
+    def describe_data(self, data: tr.TranslationData) -> str:
+        return data.summary()
+
+    def data_fingerprint(self, data: tr.TranslationData) -> str:
+        return _data_fingerprint(data)
+
+    def example_batch(self, run: Run) -> dict[str, np.ndarray]:
+        b, w = run.data.batch_size, tr.bucket_widths(run.data.max_len, run.data.buckets)[0]
+        return {"src": np.zeros((b, w), np.int32), "src_len": np.ones((b,), np.int32),
+                "tgt_in": np.zeros((b, w), np.int32), "tgt_out": np.zeros((b, w), np.int32),
+                "weights": np.ones((b, w), np.float32)}
+
+    def train_batches(self, run: Run, data: tr.TranslationData, shard: tuple[int, int] | None = None):
+        return data.train_batches(seed=run.train.seed, shard=shard or (0, 1))
+
+    def valid_batches(self, run: Run, data: tr.TranslationData, shard: tuple[int, int] | None = None):
+        return data.eval_batches("valid", shard=shard or (0, 1)) or None
+
+    def describe_steps(self, run: Run, batches, total_steps: int) -> str:
+        return f"{total_steps} steps of {run.data.batch_size} pairs ({batches.batches_per_epoch} per epoch)"
+
+    def extra_eval(self, run: Run, data: tr.TranslationData, model):
+        if not data.valid:
+            return None
+        valid, refs = data.eval_batches("valid"), references(data.valid)
+
+        def bleu(params) -> dict:
+            hyps = decode_batches(model, params, valid, len(data.valid), data.tgt_vocab, max_len=run.data.max_len)
+            return score_translations(hyps, refs)
+        return bleu
+
+    def report(self, run: Run, data: tr.TranslationData, model, params, results: dict, mesh, options: dict,
+               echo: Echo) -> None:
+        split = "test" if data.test else "valid"
+        if not data.split(split):
+            return
+        scores = _final_scores(model, params, data, split, run, mesh, echo)
         if split == "test":
             results["test"] = scores
         else:                                 # no test split: the final scores go with the validation ones
             results["valid"] = dict(results["valid"] or {}, **scores)
-    echo(f"{run.model.model}: at step {step} after {result.seconds:.1f}s of training in this run")
-    write_results(workdir, results, f"{run.model.model} translation")
-    echo(f"work directory: {workdir}")
-    return results
+
+
+TASK = TranslateTask()
+
+
+def resolve(given: Mapping[str, Any] | None = None, **flags: Any) -> Run:
+    """A translation run from flags by field name (``resolve(model="transformer", d_model=128)``)."""
+    return TASK.resolve({**(given or {}), **flags})
+
+
+def build_translation_model(model: str, src_vocab_size: int, tgt_vocab_size: int, **flags: Any):
+    """The Linen module of translation model ``model`` (a registry name) with the given flags."""
+    run = TASK.resolve({"model": model, **flags})
+    return run.spec.build(run, (src_vocab_size, tgt_vocab_size))
+
+
+def train_translate(run: Run, workdir: Workdir, *, resume: bool = False, given: Mapping[str, Any] | None = None,
+                    fallback: bool = False, allow_data_change: bool = False, echo: Echo = runner.echo_stdout) -> dict:
+    """Train the translation model of ``run`` into ``workdir``; returns the results."""
+    return runner.train(TASK, run, workdir, resume=resume, given=given, fallback=fallback,
+                        allow_data_change=allow_data_change, echo=echo)
 
 
 # -- using a trained run ------------------------------------------------------------------------
 
-def load_run(workdir: Workdir) -> tuple[TranslateRun, Vocab, Vocab]:
-    config = workdir.require("translate")
-    run = TranslateRun.from_dict(config, str(workdir.config_path))
-    return run, load_vocab(workdir, "src_vocab.json"), load_vocab(workdir, "tgt_vocab.json")
-
-
-def load_model(workdir: Workdir) -> tuple[TranslateRun, Vocab, Vocab, Any, Any]:
-    """``(run, src_vocab, tgt_vocab, model, params)`` of the latest checkpoint in ``workdir``."""
-    run, src_vocab, tgt_vocab = load_run(workdir)
-    return (run, src_vocab, tgt_vocab) + _restore_model(workdir, run, src_vocab, tgt_vocab)
-
-
-def _restore_model(workdir: Workdir, run: TranslateRun, src_vocab: Vocab, tgt_vocab: Vocab) -> tuple[Any, Any]:
-    tr.check_vocab(src_vocab, "source")
-    tr.check_vocab(tgt_vocab, "target")
-    model = build_translation_model(run.model, len(src_vocab), len(tgt_vocab), dtype=compute_dtype(run.train),
-                                    max_len=run.data.max_len)
-    tx = make_optimizer(run.optim, 1)
-    b, w = run.data.batch_size, tr.bucket_widths(run.data.max_len, run.data.buckets)[0]
-    sample = {"src": np.zeros((b, w), np.int32), "src_len": np.ones((b,), np.int32),
-              "tgt_in": np.zeros((b, w), np.int32), "tgt_out": np.zeros((b, w), np.int32),
-              "weights": np.ones((b, w), np.float32)}
-    abstract_params = jax.eval_shape(lambda: train.init_params(model, sample, 0))
-    expected = {"task": "translate", "model": config_lib.to_dict(run.model),
-                "vocab": _vocab_fingerprints(src_vocab, tgt_vocab), "params": tree_signature(abstract_params)}
-    params, _ = restore_params(workdir, model, tx, sample, expected)
-    return model, params
+def load_model(workdir: Workdir) -> runner.Loaded:
+    """The run, vocabularies, model and parameters of the newest complete checkpoint in ``workdir``."""
+    return runner.load(workdir, TASK)
 
 
 def evaluate_translate(workdir: Workdir, data: str | None = None, *, beam: int | None = None,
-                       alpha: float | None = None) -> dict:
+                       alpha: float | None = None, allow_data_change: bool = False) -> dict:
     """Loss, corpus BLEU and exact match of the run's model on ``data`` (TSV pairs) or its validation split.
 
     Decoding is greedy unless ``beam`` > 1 (then beam search with ``alpha``,
     default the run's ``--alpha``).
     """
     beam = 1 if beam is None else beam
-    run, src_vocab, tgt_vocab = load_run(workdir)
+    run, vocabs = runner.load_run(workdir, TASK)
+    src_vocab, tgt_vocab = vocabs[SRC], vocabs[TGT]
     alpha = run.eval.alpha if alpha is None else alpha
     decode.check_decode_args(run.data.max_len, beam, alpha)
+    fingerprint = None
     if data is None:
-        pairs = _load_data(run, (src_vocab, tgt_vocab)).valid
-        source = f"{run.data.data} (validation split)"
+        loaded_data = _load_data(run, vocabs)
+        pairs, source = loaded_data.valid, f"{run.data.data} (validation split)"
         if not pairs:
             raise DataError(f"{workdir}: the run has no validation split (--valid-fraction 0); give --data PAIRS.tsv")
+        fingerprint = None if allow_data_change else _data_fingerprint(loaded_data)
     else:
         raw, source = tr.pair_bytes(data, run.dates)
         pairs = list(tr.iter_pairs(raw, source, preprocess=run.data.preprocess))
         warn_unknown(source, src_vocab.unknown(t for p in pairs for t in p.src), "the source vocabulary")
-    model, params = _restore_model(workdir, run, src_vocab, tgt_vocab)
+    loaded = runner.load(workdir, TASK, data_fingerprint=fingerprint)
+    model, params = loaded.model, loaded.params
     encoded = tr.encode_pairs(pairs, src_vocab, tgt_vocab, run.data.max_len)
     widths = tr.bucket_widths(run.data.max_len, run.data.buckets)
     batches = tr.eval_batches(encoded, batch_size=run.data.batch_size, widths=widths)
@@ -307,6 +271,50 @@ def _read_sentences(texts: Sequence[str], input_file: str | os.PathLike | None) 
     return items
 
 
+def _encode_sentences(run: Run, src_vocab: Vocab, items: Sequence[tuple[str, str]]) -> list[tr.SourceEncoding]:
+    """Each ``(where, sentence)`` normalised and tokenised as the run's training data was."""
+    encodings = []
+    for where, text in items:
+        if _is_dates(run):              # cut "November 27, 2026" as the task does: "november 2 7 , 2 0 2 6"
+            text = " ".join(tokenize_date(text, run.dates.dates_numbers))
+        enc = tr.encode_source(text, src_vocab, preprocess=run.data.preprocess, max_len=run.data.max_len)
+        warn_unknown(where, enc.unknown, "the source vocabulary")
+        if enc.truncated:
+            warn(f"{where}: longer than the run's --max-len {run.data.max_len}; cut to its first "
+                 f"{run.data.max_len} tokens")
+        encodings.append(enc)
+    return encodings
+
+
+def _translate(loaded: runner.Loaded, encodings: list[tr.SourceEncoding], *, beam: int, alpha: float,
+               max_len: int) -> tuple[list[str], list[int]]:
+    """The translations of ``encodings`` and the first one's output token ids."""
+    run, src_vocab, tgt_vocab = loaded.run, loaded.vocabs[SRC], loaded.vocabs[TGT]
+    widths = tr.bucket_widths(run.data.max_len, run.data.buckets)
+    out: list[str] = []
+    first_tokens: list[int] = []
+    for start in range(0, len(encodings), run.data.batch_size):
+        chunk = encodings[start:start + run.data.batch_size]
+        batch = tr.source_batch(chunk, pad=src_vocab.pad, widths=widths)
+        result = _decode(loaded.model, loaded.params, batch, tgt_vocab, max_len=max_len, beam=beam, alpha=alpha)
+        rows = np.asarray(result.tokens).tolist()
+        lengths = np.asarray(result.lengths).tolist()
+        if start == 0:
+            first_tokens = rows[0][:lengths[0]]
+        out.extend(tr.decode_target(row, tgt_vocab) for row in rows)
+    return out, first_tokens
+
+
+def translate_loaded(loaded: runner.Loaded, sentences: Sequence[str], *, beam: int = 1, alpha: float = 0.6,
+                     max_len: int | None = None) -> list[str]:
+    """One translation per sentence with a loaded run (see :func:`translate_texts`)."""
+    max_len = loaded.run.data.max_len if max_len is None else max_len
+    decode.check_decode_args(max_len, beam, alpha)
+    items = _read_sentences(sentences, None)
+    encodings = _encode_sentences(loaded.run, loaded.vocabs[SRC], items)
+    return _translate(loaded, encodings, beam=beam, alpha=alpha, max_len=max_len)[0]
+
+
 def translate_texts(workdir: Workdir, texts: Sequence[str], *, input_file: str | os.PathLike | None = None,
                     beam: int = 1, alpha: float = 0.6, max_len: int | None = None,
                     show_attention: str | os.PathLike | None = None) -> list[str]:
@@ -319,42 +327,22 @@ def translate_texts(workdir: Workdir, texts: Sequence[str], *, input_file: str |
     ``show_attention`` writes the attention heatmap of the first sentence
     (models with attention only).
     """
-    run, src_vocab, tgt_vocab = load_run(workdir)
+    run, vocabs = runner.load_run(workdir, TASK)
     max_len = run.data.max_len if max_len is None else max_len
     decode.check_decode_args(max_len, beam, alpha)
-    if show_attention is not None and not has_attention(run.model):
+    if show_attention is not None and not run.spec.cross_attention:
         raise ConfigError(f"--show-attention: the run in {workdir} is a {run.model.model} model, which has no "
-                          "attention; use a bahdanau or transformer run")
-    items = _read_sentences(texts, input_file)
-    encodings = []
-    for where, text in items:
-        if _is_dates(run):              # cut "November 27, 2026" as the task does: "november 2 7 , 2 0 2 6"
-            text = " ".join(tokenize_date(text, run.dates.dates_numbers))
-        enc = tr.encode_source(text, src_vocab, preprocess=run.data.preprocess, max_len=run.data.max_len)
-        warn_unknown(where, enc.unknown, "the source vocabulary")
-        if enc.truncated:
-            warn(f"{where}: longer than the run's --max-len {run.data.max_len}; cut to its first "
-                 f"{run.data.max_len} tokens")
-        encodings.append(enc)
-    model, params = _restore_model(workdir, run, src_vocab, tgt_vocab)
-    widths = tr.bucket_widths(run.data.max_len, run.data.buckets)
-    out: list[str] = []
-    first_tokens = None
-    for start in range(0, len(encodings), run.data.batch_size):
-        chunk = encodings[start:start + run.data.batch_size]
-        batch = tr.source_batch(chunk, pad=src_vocab.pad, widths=widths)
-        result = _decode(model, params, batch, tgt_vocab, max_len=max_len, beam=beam, alpha=alpha)
-        rows = np.asarray(result.tokens).tolist()
-        lengths = np.asarray(result.lengths).tolist()
-        if first_tokens is None:
-            first_tokens = rows[0][:lengths[0]]
-        out.extend(tr.decode_target(row, tgt_vocab) for row in rows)
+                          "attention; use a model with encoder-decoder attention")
+    encodings = _encode_sentences(run, vocabs[SRC], _read_sentences(texts, input_file))
+    loaded = runner.load(workdir, TASK)
+    out, first_tokens = _translate(loaded, encodings, beam=beam, alpha=alpha, max_len=max_len)
     if show_attention is not None:
-        _attention_plot(model, params, encodings[0], first_tokens, src_vocab, tgt_vocab, Path(show_attention))
+        _attention_plot(run, loaded.model, loaded.params, encodings[0], first_tokens, vocabs[SRC], vocabs[TGT],
+                        Path(show_attention))
     return out
 
 
-def _is_dates(run: TranslateRun) -> bool:
+def _is_dates(run: Run) -> bool:
     return run.data.data == "dates" and not Path(run.data.data).exists()
 
 
@@ -374,7 +362,7 @@ def attention_weights(model, params, batch: dict) -> np.ndarray:
     return np.asarray(cross_attention(model, sown), np.float32)
 
 
-def _attention_plot(model, params, source: tr.SourceEncoding, output: list[int], src_vocab: Vocab,
+def _attention_plot(run: Run, model, params, source: tr.SourceEncoding, output: list[int], src_vocab: Vocab,
                     tgt_vocab: Vocab, path: Path) -> None:
     """Heatmap of the decoder's attention while it wrote ``output`` (its own translation).
 
@@ -388,7 +376,7 @@ def _attention_plot(model, params, source: tr.SourceEncoding, output: list[int],
     from jaxseq import plots
     src_tokens, tgt_tokens = src_vocab.decode(source.ids), tgt_vocab.decode(output)
     title = "attention: " + " ".join(source.tokens)
-    if isinstance(model, TransformerEncoderDecoder):
+    if run.spec.layered_attention:
         maps = {k: np.asarray(v[:, 0], np.float32) for k, v in attention_maps(
             _sown_attention(model, params, batch)).items()}
         plots.attention_grid(maps["cross"], src_tokens, tgt_tokens, path, title="cross-" + title)
