@@ -3,7 +3,7 @@
 The public surface, by name (``__all__``). The high-level entry points::
 
     import jaxseq
-    results = jaxseq.train("lm", model="gru", hidden=128, steps=200, workdir="runs/api")
+    results = jaxseq.fit("lm", model="gru", hidden=128, steps=200, workdir="runs/api")
     trained = jaxseq.load("runs/api")          # read-only: model, params, vocab, run configs
     trained.generate("The ", 40); trained.log_prob("The class")
 
@@ -12,7 +12,8 @@ recurrences as pure functions), :mod:`jaxseq.attention`,
 :mod:`jaxseq.transformer`, :mod:`jaxseq.models` (the registry),
 :mod:`jaxseq.train` (the one trainer), :mod:`jaxseq.decode`,
 :mod:`jaxseq.tasks` (the one runner). Names that need JAX are imported on
-first use, so ``import jaxseq`` stays light.
+first use, so ``import jaxseq`` stays light. (``jaxseq.fit``, not
+``jaxseq.train``: that name is the trainer module.)
 """
 
 from jaxseq.memory import keep_freed_memory    # call first thing in a Transformer job (memory.py)
@@ -23,14 +24,14 @@ from jaxseq.data.vocab import Vocab
 __version__ = "0.1.0"
 
 _LAZY = {
-    "train": "jaxseq.api", "load": "jaxseq.api", "Trained": "jaxseq.api",
+    "fit": "jaxseq.api", "load": "jaxseq.api", "Trained": "jaxseq.api",
     "build_lm": "jaxseq.tasks.lm", "build_translation_model": "jaxseq.tasks.translate",
     "ModelSpec": "jaxseq.models.registry",
     "LMDataConfig": "jaxseq.data.lm", "LMBatches": "jaxseq.data.lm", "eval_batches": "jaxseq.data.lm",
     "load_corpus": "jaxseq.data.lm",
 }
 
-__all__ = ["train", "load", "Trained", "build_lm", "build_translation_model", "ModelSpec", "Vocab",
+__all__ = ["fit", "load", "Trained", "build_lm", "build_translation_model", "ModelSpec", "Vocab",
            "read_text", "preprocess", "tokenize", "detokenize", "LMDataConfig", "LMBatches", "eval_batches",
            "load_corpus", "keep_freed_memory", "JaxseqError", "DataError", "ConfigError", "CheckpointError",
            "TrainingError", "FetchError", "__version__"]

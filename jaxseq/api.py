@@ -1,7 +1,7 @@
 """The high-level Python entry points: train a task with flags as keywords, load a trained run.
 
     import jaxseq
-    results = jaxseq.train("lm", model="gru", hidden=128, steps=200, workdir="runs/api")
+    results = jaxseq.fit("lm", model="gru", hidden=128, steps=200, workdir="runs/api")
     print(results["valid"]["perplexity"])
     run = jaxseq.load("runs/api")
     print(run.generate("The ", 40), run.log_prob("The class"))
@@ -32,7 +32,7 @@ def _task(name: str) -> runner.Task:
     return importlib.import_module(f"jaxseq.tasks.{name}").TASK
 
 
-def train(task: str, *, workdir: str | os.PathLike | None = None, resume: bool = False,
+def fit(task: str, *, workdir: str | os.PathLike | None = None, resume: bool = False,
           echo: Callable[[str], None] | None = runner.echo_stdout, **flags: Any) -> dict:
     """Train a ``task`` (``"lm"`` or ``"translate"``) model into ``workdir``; returns ``results.json``'s dict.
 
@@ -122,4 +122,4 @@ def load(workdir: str | os.PathLike) -> Trained:
     return Trained(runner.load(wd, _task(wd.require_any())))
 
 
-__all__ = ["train", "load", "Trained"]
+__all__ = ["fit", "load", "Trained"]

@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 
 from jaxseq import cli
-from jaxseq.checkpoint import Checkpointer, compare_manifests
+from jaxseq.checkpoint import Checkpointer
+from jaxseq.manifest import Manifest
 from jaxseq.errors import CheckpointError
 from jaxseq.tasks import lm as lm_task
 from jaxseq.workdir import Workdir
@@ -37,8 +38,7 @@ def _cli(*args):
 
 
 def _params(workdir: Path):
-    run, vocab = lm_task.load_run(Workdir(workdir))
-    return jax.device_get(lm_task._load_neural(run, vocab, Workdir(workdir))[1])
+    return jax.device_get(lm_task.runner.load(Workdir(workdir), lm_task.TASK).params)
 
 
 def _equal(a, b) -> bool:
@@ -155,12 +155,22 @@ def test_checkpoints_of_another_model_or_vocabulary_are_refused(corpus, tmp_path
 
 
 def test_manifest_comparison_names_the_difference():
-    saved = {"task": "lm", "model": {"hidden": 16}, "vocab": "aaa", "params": {"w": [[2, 2], "float32"]}}
-    with pytest.raises(CheckpointError, match="step 7 belongs to another vocabulary"):
-        compare_manifests(saved, dict(saved, vocab="bbb"), 7, "dir")
-    with pytest.raises(CheckpointError, match=r"parameter w as \[\[2, 2\], 'float32'\] but the model has"):
-        compare_manifests(saved, dict(saved, params={"w": [[3, 2], "float32"]}), 7, "dir")
-    compare_manifests(saved, dict(saved), 7, "dir")
+    saved = {"task": "lm", "model": {"rnn": {"hidden": 16}}, "vocab": {"vocab.json": "aaa"},
+             "params": {"w": [[2, 2], "float32"]}, "data": "d1"}
+    expected = Manifest(**saved)
+    with pytest.raises(CheckpointError, match=r"step 7 belongs to another vocabulary \(vocab vocab.json: "
+                                              r"checkpoint 'bbb' vs now 'aaa'\)"):
+        expected.check(dict(saved, vocab={"vocab.json": "bbb"}), 7, "dir")
+    with pytest.raises(CheckpointError, match=r"another architecture \(model rnn.hidden: checkpoint 24 vs now 16\)"):
+        expected.check(dict(saved, model={"rnn": {"hidden": 24}}), 7, "dir")
+    with pytest.raises(CheckpointError, match=r"parameter w as \[\[3, 2\], 'float32'\] but the model has"):
+        expected.check(dict(saved, params={"w": [[3, 2], "float32"]}), 7, "dir")
+    with pytest.raises(CheckpointError, match=r"other data \(data: checkpoint 'd0' vs now 'd1'\).*--allow-data-change"):
+        expected.check(dict(saved, data="d0"), 7, "dir")
+    with pytest.raises(CheckpointError, match="another task"):
+        expected.check(dict(saved, task="translate"), 7, "dir")
+    expected.check(dict(saved), 7, "dir")
+    Manifest(**dict(saved, data=None)).check(dict(saved, data="d0"), 7, "dir")     # a reader without the data
 
 
 def test_same_size_vocabulary_in_another_order_is_refused(corpus, tmp_path, uninterrupted, capsys):

@@ -10,7 +10,7 @@ from jax.test_util import check_grads
 from jaxseq import cells, decode, parallel, train
 from jaxseq.data.lm import LMBatches
 from jaxseq.errors import ConfigError
-from jaxseq.models.lm import LMModelConfig, build_lm
+from jaxseq.tasks.lm import build_lm
 from jaxseq.optim import OptimConfig, make_optimizer
 
 NAMES = ["mingru", "minlstm"]
@@ -175,13 +175,12 @@ def test_lm_memorises_a_tiny_corpus_through_the_trainer():
     """A minGRU block with an expansion, trained by jaxseq.train.fit with the carry threaded."""
     mesh = parallel.make_mesh(1)
     ids = np.array(["abcde".index(c) for c in "abcabdabcabe" * 40], np.int32)
-    model = build_lm("mingru", 5, hidden=16, expansion=1.5, mlp_ratio=2)
-    optim = OptimConfig(optimizer="adam", lr=2e-2)
-    tx = make_optimizer(optim, 120)
+    model = build_lm("mingru", 5, hidden=16, layers=1, expansion=1.5, mlp_ratio=2)
+    tx = make_optimizer(OptimConfig(optimizer="adam", lr=2e-2), 120)
     batches = LMBatches(ids, seq_len=12, batch_size=8, sampling="sequential", seed=0)
     state = train.create_state(model, tx, batches.batch(0, 0), 0, mesh, model.initial_carry(8))
     config = train.TrainConfig(steps=120, eval_every=0, log_every=20, progress=False)
-    result = train.fit(model, state, tx, batches, total_steps=120, config=config, optim=optim, mesh=mesh)
+    result = train.fit(model, state, tx, batches, total_steps=120, config=config, mesh=mesh)
     # 'abcab?' has an unpredictable 6th letter only where 12-periodic context is missing
     assert result.history[-1]["perplexity"] < 1.5, result.history[-1]
 

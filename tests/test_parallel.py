@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 
 from jaxseq import losses, parallel, train
-from jaxseq.data.lm import LMBatches, LMDataConfig
+from jaxseq.data.lm import LMBatches
 from jaxseq.errors import ConfigError
-from jaxseq.models.lm import LMModelConfig, build_lm
+from jaxseq.tasks.lm import build_lm
 from jaxseq.optim import OptimConfig, make_optimizer
 from jaxseq.tasks import lm as lm_task
 from jaxseq.workdir import Workdir
@@ -22,15 +22,13 @@ from jaxseq.workdir import Workdir
 IDS = np.random.default_rng(0).integers(0, 11, size=2000).astype(np.int32)
 
 
-def _train(mesh, steps=4, dtype=jnp.float32, remat=False, backward="custom"):
-    model = build_lm("gru", 11, hidden=16, layers=2, backward=backward,
-                     dtype=dtype, remat=remat)
-    optim = OptimConfig(lr=1e-2)
-    tx = make_optimizer(optim, steps)
+def _train(mesh, steps=4, dtype="float32", remat=False, backward="custom"):
+    model = build_lm("gru", 11, hidden=16, layers=2, backward=backward, dtype=dtype, remat=remat)
+    tx = make_optimizer(OptimConfig(lr=1e-2), steps)
     batches = LMBatches(IDS, seq_len=8, batch_size=8, sampling="sequential", seed=0)
     state = train.create_state(model, tx, batches.batch(0, 0), 0, mesh, model.initial_carry(8))
     config = train.TrainConfig(steps=steps, eval_every=0, log_every=1, progress=False)
-    result = train.fit(model, state, tx, batches, total_steps=steps, config=config, optim=optim, mesh=mesh)
+    result = train.fit(model, state, tx, batches, total_steps=steps, config=config, mesh=mesh)
     losses_ = [h["loss"] for h in result.history if h["split"] == "train"]
     return jax.device_get(result.state.params), losses_, result.state
 
@@ -82,7 +80,7 @@ def test_remat_and_bfloat16_match_float32(single_device_run):
     _assert_close(params_r, params1)
     params_a, losses_a, _ = _train(mesh, remat=True, backward="autodiff")
     np.testing.assert_allclose(losses_a, losses1, rtol=1e-4)
-    params_b, losses_b, state_b = _train(mesh, dtype=jnp.bfloat16)
+    params_b, losses_b, state_b = _train(mesh, dtype="bfloat16")
     np.testing.assert_allclose(losses_b, losses1, rtol=2e-2)
     assert all(x.dtype == jnp.float32 for x in jax.tree_util.tree_leaves(params_b))   # params stay float32
     # Adam moves every weight by about lr per step whatever the gradient's size, so bf16 rounding
@@ -125,12 +123,9 @@ def _run(tmp_path, name, steps, devices=None, resume=False, given=None):
     path = tmp_path / "corpus.txt"
     if not path.exists():
         path.write_text(TEXT)
-    run = lm_task.LMRun(data=LMDataConfig(data=str(path), seq_len=8, batch_size=8, sampling="sequential"),
-                        model=LMModelConfig(model="gru", hidden=16), ngram=lm_task.NGramConfig(),
-                        optim=OptimConfig(lr=1e-2),
-                        train=train.TrainConfig(steps=steps, eval_every=0, checkpoint_every=4, log_every=2,
-                                                progress=False),
-                        parallel=parallel.ParallelConfig(devices=devices))
+    run = lm_task.resolve(data=str(path), seq_len=8, batch_size=8, sampling="sequential", model="gru", hidden=16,
+                          lr=1e-2, steps=steps, eval_every=0, checkpoint_every=4, log_every=2, progress=False,
+                          devices=devices)
     workdir = Workdir(tmp_path / name)
     lm_task.train_lm(run, workdir, resume=resume, given=given, baseline=False, sample_length=0,
                      echo=lambda m: None)
@@ -138,8 +133,7 @@ def _run(tmp_path, name, steps, devices=None, resume=False, given=None):
 
 
 def _params(workdir):
-    run, vocab = lm_task.load_run(workdir)
-    return jax.device_get(lm_task._load_neural(run, vocab, workdir)[1])
+    return jax.device_get(lm_task.runner.load(workdir, lm_task.TASK).params)
 
 
 @pytest.fixture(scope="module")
@@ -155,7 +149,7 @@ def test_restore_onto_another_device_count(four_device_reference, tmp_path, devi
     shutil.copy(ref_dir / "corpus.txt", tmp_path / "corpus.txt")
     _run(tmp_path, "moved", 4, devices=4)
     workdir = _run(tmp_path, "moved", 8, devices=devices, resume=True,
-                   given={"train": {"steps": 8}, "parallel": {"devices": devices}})
+                   given={"steps": 8, "devices": devices})
     _assert_close(_params(workdir), reference, rtol=1e-4, atol=1e-5)
 
 

@@ -15,11 +15,18 @@ def _blocks(language):
     return re.findall(rf"```{language}\n(.*?)```", README, re.S)
 
 
-def test_python_api_example_runs(capsys):
+def test_python_api_example_runs(capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)                         # its work directory lands under runs/
     (code,) = _blocks("python")
-    exec(compile(code, "README.md (Python API)", "exec"), {})
+    scope = {}
+    exec(compile(code, "README.md (Python API)", "exec"), scope)
     out = capsys.readouterr().out
-    assert "'perplexity'" in out            # the trigram's evaluate() dict, then a sample and a perplexity
+    results, trained = scope["results"], scope["trained"]
+    # what the example prints is what the run measured and saved
+    assert f"{results['valid']['perplexity']:.3f}" in out
+    assert 1.0 < results["valid"]["perplexity"] < len(trained.vocab)
+    assert trained.step == results["step"] and (tmp_path / "runs" / "api-gru" / "results.json").exists()
+    assert scope["log_p"] < 0
 
 
 def _command_lines():

@@ -18,7 +18,9 @@ import sacrebleu
 
 from jaxseq import decode, metrics
 from jaxseq.models.seq2seq import (GRUEncoder, RNNEncoderDecoder, TransformerEncoderDecoder, TranslationModelConfig,
-                                   attention_maps, build_translation_model, cross_attention)
+                                   attention_maps, cross_attention)
+from jaxseq.tasks import translate as translate_task
+from jaxseq.tasks.translate import build_translation_model
 from jaxseq.errors import ConfigError
 
 SRC_V, TGT_V, BOS, EOS = 11, 13, 1, 2
@@ -178,18 +180,21 @@ def test_training_mode_uses_dropout(setup, batch):
 
 
 def test_config_validation():
-    with pytest.raises(ConfigError, match="--model"):
-        TranslationModelConfig(model="transformerx").validate()
-    with pytest.raises(ConfigError, match="--dropout"):
+    with pytest.raises(ConfigError, match="--model must be one of seq2seq, bahdanau, transformer"):
+        build_translation_model("transformerx", 5, 6)
+    with pytest.raises(ConfigError, match=r"--dropout must lie in \[0, 1\), got 1"):
         TranslationModelConfig(dropout=1.0).validate()
     with pytest.raises(ConfigError, match="--d-model 30 is not divisible by --heads 4"):
-        TranslationModelConfig(model="transformer", d_model=30, heads=4).validate()
-    TranslationModelConfig(model="seq2seq", d_model=30, heads=4).validate()        # RNN models ignore them
-    m = build_translation_model(TranslationModelConfig(model="seq2seq", embed=4, hidden=8, layers=1), 5, 6)
+        build_translation_model("transformer", 5, 6, d_model=30, heads=4)
+    m = build_translation_model("seq2seq", 5, 6, embed=4, hidden=8, layers=1)
     assert m.attention is None and m.target_key == "tgt_out"
-    t = build_translation_model(TranslationModelConfig(model="transformer", d_model=8, heads=2, layers=3), 5, 6,
-                                max_len=12)
+    t = build_translation_model("transformer", 5, 6, d_model=8, heads=2, ffn=None, layers=3, max_len=12)
     assert (t.max_len, t.num_layers, t.num_heads, t.ffn, t.dropout) == (12, 3, 2, 32, 0.2)
+    # the registered defaults of the Transformer (experiments/fra_eng_transformer.sh's)
+    run = translate_task.resolve(model="transformer")
+    assert (run.transformer.d_model, run.transformer.ffn, run.train.label_smoothing, run.optim.lr,
+            run.optim.warmup) == (256, 1024, 0.1, 1e-3, 200)
+    assert translate_task.resolve(model="transformer", lr=5e-4).optim.lr == 5e-4          # a flag wins
 
 
 # -- greedy and beam search ---------------------------------------------------------------------

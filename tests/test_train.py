@@ -13,7 +13,7 @@ from jaxseq import losses, parallel, train
 from jaxseq.data.lm import LMBatches, LMDataConfig
 from jaxseq.errors import ConfigError, TrainingError
 from jaxseq.metrics import perplexity
-from jaxseq.models.lm import LMModelConfig, build_lm
+from jaxseq.tasks.lm import build_lm
 from jaxseq.optim import OptimConfig, make_optimizer, schedule
 from jaxseq.tasks import lm as lm_task
 from jaxseq.workdir import Workdir
@@ -112,15 +112,14 @@ def test_perplexity_is_exact_across_batch_splits(small_lm, mesh1):
 
 
 def _fit(model, ids, steps, mesh, *, seed=0, sampling="random", batch_size=4, seq_len=8, lr=1e-2,
-         checkpointer=None, state=None, batches=None, optim=None, valid=None, **options):
-    optim = optim or OptimConfig(optimizer="adam", lr=lr)
-    tx = make_optimizer(optim, steps)
+         checkpointer=None, state=None, batches=None, tx=None, valid=None, **options):
+    tx = tx or make_optimizer(OptimConfig(optimizer="adam", lr=lr), steps)
     batches = batches or LMBatches(ids, seq_len=seq_len, batch_size=batch_size, sampling=sampling, seed=seed)
     if state is None:
         carry = model.initial_carry(batch_size) if sampling == "sequential" else None
         state = train.create_state(model, tx, batches.batch(0, 0), seed, mesh, carry)
     config = train.TrainConfig(**{"steps": steps, "eval_every": 0, "log_every": 5, "progress": False, **options})
-    result = train.fit(model, state, tx, batches, total_steps=steps, config=config, optim=optim, mesh=mesh,
+    result = train.fit(model, state, tx, batches, total_steps=steps, config=config, mesh=mesh,
                        checkpointer=checkpointer, valid_batches=valid)
     return result, batches
 
@@ -161,9 +160,21 @@ def test_nonfinite_loss_stops_with_the_step_named(small_lm, mesh1):
             return batch
 
     batches = Poisoned(ids, seq_len=8, batch_size=4, seed=0)
-    optim = OptimConfig(max_nonfinite=3)
     with pytest.raises(TrainingError, match=r"step 4: the loss or gradients became non-finite \(3 steps in a row"):
-        _fit(small_lm, ids, 20, mesh1, batches=batches, optim=optim)
+        _fit(small_lm, ids, 20, mesh1, batches=batches, max_nonfinite=3)
+    # any optax transformation trains: without apply_if_finite the trainer counts the streak itself
+    batches = Poisoned(ids, seq_len=8, batch_size=4, seed=0)
+    with pytest.raises(TrainingError, match=r"step 4: .* \(3 steps in a row"):
+        _fit(small_lm, ids, 20, mesh1, batches=batches, tx=optax.sgd(0.1), max_nonfinite=3)
+
+
+def test_any_optax_transformation_trains(small_lm, mesh1):
+    """A plain optax optimizer (no apply_if_finite in its state) trains, and lowers the loss."""
+    ids = np.array(["abcde".index(c) for c in "abcabdabcabe" * 40], np.int32)
+    result, _ = _fit(small_lm, ids, 60, mesh1, tx=optax.adam(1e-2), log_every=10)
+    train_losses = [r["loss"] for r in result.history if r["split"] == "train"]
+    assert train_losses[-1] < 0.7 * train_losses[0]
+    assert int(jax.device_get(train.nonfinite_count(result.state.opt_state))) == 0
 
 
 def test_time_limit_ends_the_run_like_its_last_step(small_lm, mesh1, tmp_path):
@@ -194,24 +205,17 @@ def test_resume_is_exact_through_the_workdir(tmp_path, sampling):
     """Train N steps in one go, or N/2, stop, resume, N/2 more: identical parameters."""
     text = tmp_path / "t.txt"
     text.write_text("the quick brown fox jumps over the lazy dog. " * 30)
-    flags = dict(data=LMDataConfig(data=str(text), seq_len=8, batch_size=4, sampling=sampling),
-                 model=LMModelConfig(model="gru", hidden=16, dropout=0.1, embedding=8),
-                 ngram=lm_task.NGramConfig(), optim=OptimConfig(lr=1e-2))
-    full = lm_task.LMRun(**flags, train=train.TrainConfig(steps=12, eval_every=0, checkpoint_every=0,
-                                                          progress=False))
+    flags = dict(data=str(text), seq_len=8, batch_size=4, sampling=sampling, model="gru", hidden=16, dropout=0.1,
+                 embedding=8, lr=1e-2, eval_every=0, checkpoint_every=0, progress=False)
     quiet = lambda m: None
-    lm_task.train_lm(full, Workdir(tmp_path / "full"), baseline=False, echo=quiet)
-    half = lm_task.LMRun(**flags, train=train.TrainConfig(steps=6, eval_every=0, checkpoint_every=0,
-                                                          progress=False))
+    lm_task.train_lm(lm_task.resolve(flags, steps=12), Workdir(tmp_path / "full"), baseline=False, echo=quiet)
+    half = lm_task.resolve(flags, steps=6)
     lm_task.train_lm(half, Workdir(tmp_path / "half"), baseline=False, echo=quiet)
-    lm_task.train_lm(half, Workdir(tmp_path / "half"), resume=True, given={"train": {"steps": 12}},
-                     baseline=False, echo=quiet)
-    run_full, vocab = lm_task.load_run(Workdir(tmp_path / "full"))
-    _, p_full = lm_task._load_neural(run_full, vocab, Workdir(tmp_path / "full"))
-    run_half, _ = lm_task.load_run(Workdir(tmp_path / "half"))
-    _, p_half = lm_task._load_neural(run_half, vocab, Workdir(tmp_path / "half"))
-    assert run_half.train.steps == 12
-    assert _params_equal(p_full, p_half)
+    lm_task.train_lm(half, Workdir(tmp_path / "half"), resume=True, given={"steps": 12}, baseline=False, echo=quiet)
+    full = lm_task.runner.load(Workdir(tmp_path / "full"), lm_task.TASK)
+    resumed = lm_task.runner.load(Workdir(tmp_path / "half"), lm_task.TASK)
+    assert resumed.run.train.steps == 12
+    assert _params_equal(full.params, resumed.params)
     full_log = [json.loads(l) for l in (tmp_path / "full" / "metrics.jsonl").read_text().splitlines()]
     half_log = [json.loads(l) for l in (tmp_path / "half" / "metrics.jsonl").read_text().splitlines()]
     assert full_log[-1]["perplexity"] == half_log[-1]["perplexity"]

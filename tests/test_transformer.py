@@ -12,7 +12,7 @@ import pytest
 from jaxseq import cli, decode, parallel, train
 from jaxseq.data.lm import LMBatches
 from jaxseq.errors import ConfigError
-from jaxseq.models.lm import LMModelConfig, build_lm
+from jaxseq.tasks.lm import build_lm
 from jaxseq.models.transformer_lm import TransformerLM
 from jaxseq.optim import OptimConfig, make_optimizer
 from jaxseq.transformer import Embedder, Stack, layer_norm, sinusoidal_positions
@@ -140,23 +140,24 @@ def test_lm_refuses_windows_longer_than_its_context():
         build_lm("transformer", 5, context=8, seq_len=16)
     with pytest.raises(ConfigError, match="not divisible by --heads"):
         build_lm("transformer", 5, d_model=10, heads=4, seq_len=8)
-    with pytest.raises(ConfigError, match="needs --context"):
-        build_lm("transformer", 5)
     assert build_lm("transformer", 5, layers=3, ffn=None, seq_len=8).context == 8
+    default = build_lm("transformer", 5)                    # the registered defaults (nanoGPT's CPU config)
+    assert (default.context, default.num_layers, default.d_model, default.norm) == (64, 4, 128, "pre")
 
 
 def test_tiny_corpus_is_memorised_and_generated():
     """'abcab?' repeats with ? = d, e alternately: the letter 6 back decides it, which takes attention."""
     text = "abcabdabcabe" * 40
     ids = np.array(["abcde".index(c) for c in text], np.int32)
-    model = build_lm("transformer", 5, layers=2, d_model=32, heads=2, norm="pre", seq_len=12)
+    model = build_lm("transformer", 5, layers=2, d_model=32, heads=2, norm="pre", seq_len=12,
+                     positional="sinusoidal", ffn_activation="relu")
     mesh = parallel.make_mesh(1)
     optim = OptimConfig(optimizer="adamw", lr=3e-3, schedule="cosine", warmup=10)
     tx = make_optimizer(optim, 300)
     batches = LMBatches(ids, seq_len=12, batch_size=16, seed=0)
     state = train.create_state(model, tx, batches.batch(0, 0), 0, mesh)
     config = train.TrainConfig(steps=300, eval_every=0, log_every=100, progress=False)
-    result = train.fit(model, state, tx, batches, total_steps=300, config=config, optim=optim, mesh=mesh)
+    result = train.fit(model, state, tx, batches, total_steps=300, config=config, mesh=mesh)
     # windows at every offset; only targets with 6 letters of context before them are determined
     starts = np.arange(12)
     valid = [{"inputs": np.stack([ids[s:s + 12] for s in starts]),
@@ -180,7 +181,8 @@ def test_cli_train_and_generate(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "transformer: validation perplexity" in out and "sample:" in out
     config = json.loads((workdir / "config.json").read_text())
-    assert config["model"]["model"] == "transformer" and config["model"]["heads"] == 2
+    assert config["model"]["model"] == "transformer" and config["transformer"]["heads"] == 2
+    assert "rnn" not in config and config["optim"]["schedule"] == "cosine"      # the model's own defaults
     assert cli.main(["generate", "--workdir", str(workdir), "--prefix", "the q", "--length", "30", "--seed", "1"]) == 0
     generated = capsys.readouterr().out.rstrip("\n")
     for token in ("<pad>", "<bos>", "<eos>", "<unk>"):   # 4 steps of training may still sample these
