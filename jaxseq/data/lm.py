@@ -28,7 +28,8 @@ import numpy as np
 from jaxseq.config import option
 from jaxseq.data import text as text_lib
 from jaxseq.data.epochs import EpochBatches, fold_rng, shard_rows
-from jaxseq.data.vocab import UNK, Vocab
+from jaxseq.data.vocab import (RESERVED_STRINGS, UNK, Vocab, count_reserved, require_real_tokens,
+                               reserved_warning)
 from jaxseq.errors import ConfigError, DataError
 
 Batch = dict[str, np.ndarray]
@@ -86,7 +87,10 @@ def load_corpus(config: LMDataConfig, vocab: Vocab | None = None) -> LMCorpus:
     """Read, preprocess, tokenize and split; build the vocabulary on the training part.
 
     The language-model vocabulary reserves only ``<unk>`` (there is no padding
-    inside a window); pass ``vocab`` to reuse a saved one.
+    inside a window); pass ``vocab`` to reuse a saved one. A vocabulary built
+    here must hold at least one real token (else a DataError names
+    ``--min-freq``). Word tokens spelled like a reserved token (``<eos>``...)
+    become ``<unk>``, with a one-line warning (see :mod:`jaxseq.data.vocab`).
     """
     from jaxseq.data import corpora
 
@@ -95,10 +99,16 @@ def load_corpus(config: LMDataConfig, vocab: Vocab | None = None) -> LMCorpus:
     tokens = tokens_from_config(config, text)
     if len(tokens) < 4:
         raise DataError(f"{source}: only {len(tokens)} tokens after preprocessing; give more text")
+    if any(r in text for r in RESERVED_STRINGS):         # cheap test first: most texts hold none
+        message = reserved_warning(count_reserved(tokens), source)
+        if message:
+            text_lib.warn(message)
     n_valid = int(round(len(tokens) * config.valid_fraction))
     train_tokens = tokens[: len(tokens) - n_valid]
     if vocab is None:
         vocab = Vocab.build(train_tokens, min_freq=config.min_freq, reserved_tokens=(UNK,))
+        require_real_tokens(vocab, train_tokens, min_freq=config.min_freq, source=source, what="token",
+                            of="the training text")
     ids = vocab.encode(tokens)
     train, valid = split_stream(ids, config.valid_fraction)
     return LMCorpus(train=train, valid=valid, vocab=vocab, source=source)

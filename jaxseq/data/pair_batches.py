@@ -125,7 +125,7 @@ def _gather(flat: np.ndarray, start: np.ndarray, length: np.ndarray, width: int,
 
 def _encode_side(sentences: list[list[str]], vocab: Vocab, max_len: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Ragged ``(ids, start, length)`` of ``x1..xm <eos>`` cut to ``max_len``, for every sentence."""
-    get, unk = vocab.token_to_idx.get, vocab.unk
+    get, unk = vocab.text_to_idx.get, vocab.unk                    # words spelled like <eos> become <unk>
     full = np.fromiter((len(s) for s in sentences), dtype=np.int64, count=len(sentences)) + 1
     words = np.fromiter((get(t, unk) for s in sentences for t in s), dtype=np.int32, count=int(full.sum()) - len(full))
     ids = np.insert(words, np.cumsum(full - 1), vocab.eos)          # <eos> after each sentence
@@ -137,7 +137,11 @@ def _encode_side(sentences: list[list[str]], vocab: Vocab, max_len: int) -> tupl
 
 
 def encode_pairs(pairs: Sequence[Pair], src_vocab: Vocab, tgt_vocab: Vocab, max_len: int) -> EncodedPairs:
-    """Ids of every pair (``<eos>`` appended, unknown words -> ``<unk>``), cut to ``max_len``."""
+    """Ids of every pair (``<eos>`` appended, unknown words -> ``<unk>``), cut to ``max_len``.
+
+    A word spelled like a reserved token (``<eos>``...) is ``<unk>`` too: the
+    special ids come only from the vocabulary's ``pad``/``bos``/``eos``.
+    """
     check_vocab(src_vocab, "source")
     check_vocab(tgt_vocab, "target")
     src_ids, src_start, src_len = _encode_side([p.src for p in pairs], src_vocab, max_len)

@@ -1,16 +1,22 @@
 """Sentence pairs: reading TSV strictly, normalising, tokenising.
 
-Input is a TSV file of ``source<TAB>target`` lines (the Tatoeba/Anki format of
-D2L's fra-eng; a third column, the attribution, is ignored), a registered
-dataset (``fra-eng``) or a generated task (``dates``, see
-:mod:`jaxseq.data.dates`). The file is read strictly (through
+Input is a TSV file of ``source<TAB>target`` lines (the format of D2L's
+fra-eng), a registered dataset (``fra-eng``) or a generated task (``dates``,
+see :mod:`jaxseq.data.dates`). The file is read strictly (through
 :mod:`jaxseq.data.text`): missing, empty, binary or non-UTF-8 files stop with
-a DataError naming the file (and the line, for bad bytes); malformed lines (no
-tab, an empty side, a blank line before the end) stop with file and line, or
-with ``on_bad_line="skip"`` are dropped and returned as ``(line, reason)``.
-Blank lines at the end of the file and a leading UTF-8 BOM are fine. The
-encoding is checked over the whole file, even when ``max_pairs`` stops
-reading early.
+a DataError naming the file (and the line, for bad bytes).
+
+Bad lines
+    A malformed line (no tab, more than two tab-separated fields, an empty
+    side, a blank line before the end) stops reading with a DataError naming
+    file and line (``on_bad_line="error"``, the default). With ``skip`` such
+    lines are dropped and returned as ``(line, reason)``. With ``first-two``
+    a line of more than two fields (e.g. the attribution column of
+    manythings.org's Anki files) gives a pair of its first two fields, and the
+    loaders warn once with the number of such lines; other bad lines still
+    stop. Blank lines at the end of the file and a leading UTF-8 BOM are fine.
+    The encoding is checked over the whole file, even when ``max_pairs`` stops
+    reading early.
 
 Text and tokens
     ``preprocess="d2l"`` is D2L's rule for fra-eng (``MTFraEng._preprocess``):
@@ -35,11 +41,11 @@ from pathlib import Path
 from typing import Callable, Iterator, NamedTuple, Sequence
 
 from jaxseq.data import dates
-from jaxseq.data.text import check_not_binary, decode_utf8, read_bytes
+from jaxseq.data.text import check_not_binary, decode_utf8, read_bytes, warn
 from jaxseq.errors import ConfigError, DataError
 
 PREPROCESS_CHOICES = ("none", "d2l")
-ON_BAD_LINE_CHOICES = ("error", "skip")
+ON_BAD_LINE_CHOICES = ("error", "skip", "first-two")
 
 
 _D2L_PUNCT = re.compile(r"(?<=[^ ])(?=[,.!?])")   # where a space goes
@@ -85,7 +91,7 @@ def _lines(data: bytes, source: str, preprocess: str, on_bad_line: str,
     Normalising the whole text at once gives the same words as normalising
     each side (it never adds or removes a tab or newline) and is 5x faster.
     """
-    if on_bad_line == "error":
+    if on_bad_line != "skip":
         text = decode_utf8(data, source, expect=_EXPECT, fix="convert the file to UTF-8 or pass --on-bad-line skip")
         return normalize(text.removeprefix(_BOM), preprocess).split("\n")
     check_not_binary(data, source, _EXPECT)
@@ -105,15 +111,20 @@ def _lines(data: bytes, source: str, preprocess: str, on_bad_line: str,
 
 
 def iter_pairs(data: bytes, source: str, *, preprocess: str = "d2l", on_bad_line: str = "error",
-               skipped: list[tuple[int, str]] | None = None) -> Iterator[Pair]:
+               skipped: list[tuple[int, str]] | None = None, first_two: list[int] | None = None) -> Iterator[Pair]:
     """Parse TSV bytes into pairs, lazily, in file order.
 
     Bad lines raise a DataError naming ``source`` and the line, or with
     ``on_bad_line="skip"`` are appended to ``skipped`` as ``(line, reason)``.
+    With ``on_bad_line="first-two"`` a line of more than two tab-separated
+    fields gives a pair of its first two, and its number is appended to
+    ``first_two`` (the caller warns, see :func:`first_two_warning`); any
+    other bad line still raises.
     """
     if on_bad_line not in ON_BAD_LINE_CHOICES:
-        raise ConfigError(f"--on-bad-line must be error or skip, got {on_bad_line!r}")
+        raise ConfigError(f"--on-bad-line must be one of {', '.join(ON_BAD_LINE_CHOICES)}, got {on_bad_line!r}")
     skipped = [] if skipped is None else skipped
+    first_two = [] if first_two is None else first_two
     if preprocess not in PREPROCESS_CHOICES:
         raise ConfigError(f"--preprocess must be one of {', '.join(PREPROCESS_CHOICES)}, got {preprocess!r}")
     lines = _lines(data, source, preprocess, on_bad_line, skipped)
@@ -134,24 +145,40 @@ def iter_pairs(data: bytes, source: str, *, preprocess: str = "d2l", on_bad_line
         elif "\t" not in line:
             reason = "no tab"
         else:
-            parts = line.split("\t", 2)
-            src, tgt = tokenize(parts[0]), tokenize(parts[1])
-            if not src:
+            parts = line.split("\t")
+            if len(parts) > 2 and on_bad_line != "first-two":
+                reason = "more than two fields"
+            elif not (src := tokenize(parts[0])):
                 reason = "empty source"
-            elif not tgt:
+            elif not (tgt := tokenize(parts[1])):
                 reason = "empty target"
             else:
+                if len(parts) > 2:
+                    first_two.append(number)
                 yield Pair(src, tgt, number)
                 continue
-        if on_bad_line == "error":
-            raise DataError(f"{source}:{number}: {_EXPLAIN[reason]}; fix the line or pass --on-bad-line skip")
+        if on_bad_line != "skip":
+            raise DataError(f"{source}:{number}: {_EXPLAIN[reason]}; {_FIX.get(reason, _FIX[None])}")
         skipped.append((number, reason))
 
 
 _EXPLAIN = {"blank line": "blank line inside the file (only trailing blank lines are allowed)",
             "no tab": "no tab between source and target; each line must be source<TAB>target",
+            "more than two fields": "more than two tab-separated fields; each line must be source<TAB>target",
             "empty source": "the source side (before the tab) is empty",
             "empty target": "the target side (after the tab) is empty"}
+_FIX = {None: "fix the line or pass --on-bad-line skip",
+        "more than two fields": "remove the extra fields, pass --on-bad-line first-two to use the first two "
+                                "(e.g. for an attribution column) or --on-bad-line skip to drop such lines"}
+
+
+def first_two_warning(lines: Sequence[int], source: str, *, examples: int = 3) -> str | None:
+    """One line for the warning about lines cut to their first two fields (None if there are none)."""
+    if not lines:
+        return None
+    shown = ", ".join(map(str, lines[:examples])) + (", ..." if len(lines) > examples else "")
+    return (f"{source}: {len(lines)} line{'s' if len(lines) > 1 else ''} had more than two tab-separated fields; "
+            f"used the first two (--on-bad-line first-two; line{'s' if len(lines) > 1 else ''} {shown})")
 
 
 def summarize_skipped(skipped: Sequence[tuple[int, str]], *, examples: int = 3) -> str:
@@ -216,14 +243,20 @@ def gc_paused() -> Iterator[None]:
 
 def read_pairs(path: str | os.PathLike, *, preprocess: str = "d2l", on_bad_line: str = "error",
                max_pairs: int | None = None) -> tuple[list[Pair], list[tuple[int, str]]]:
-    """``(pairs, skipped)`` from a TSV file; reading stops after ``max_pairs`` good pairs."""
+    """``(pairs, skipped)`` from a TSV file; reading stops after ``max_pairs`` good pairs.
+
+    Lines cut to their first two fields (``on_bad_line="first-two"``) are warned about in one line.
+    """
     skipped: list[tuple[int, str]] = []
+    first_two: list[int] = []
     pairs = []
     with gc_paused():
         for pair in iter_pairs(read_bytes(path), str(path), preprocess=preprocess, on_bad_line=on_bad_line,
-                               skipped=skipped):
+                               skipped=skipped, first_two=first_two):
             pairs.append(pair)
             if max_pairs is not None and len(pairs) >= max_pairs:
                 break
+    if first_two:
+        warn(first_two_warning(first_two, str(path)))
     return pairs, sorted(skipped)
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+import sys
 from pathlib import Path
 from typing import Iterable, Literal
 
@@ -18,6 +19,11 @@ Preprocess = Literal["none", "d2l"]
 TokenLevel = Literal["char", "word"]
 PREPROCESS_CHOICES = ("none", "d2l")
 TOKEN_CHOICES = ("char", "word")
+
+
+def warn(message: str) -> None:
+    """Print a one-line warning about the data on stderr (``jaxseq: warning: ...``, as the CLI's own)."""
+    print(f"jaxseq: warning: {message}", file=sys.stderr, flush=True)
 
 
 def check_not_binary(data: bytes, source: str, expect: str = "a UTF-8 text file") -> None:

@@ -35,6 +35,8 @@ Vocabularies
 
 from __future__ import annotations
 
+import collections
+import re
 from dataclasses import dataclass, field
 from typing import Sequence
 
@@ -46,18 +48,19 @@ from jaxseq.data.pair_batches import (BUCKET_CHOICES, Batch, EncodedPairs, Sourc
                                       bucket_widths, check_vocab, decode_target, encode_pairs, encode_source,
                                       eval_batches, fit_width, source_batch)
 from jaxseq.data.pairs import (GENERATED_TASKS, ON_BAD_LINE_CHOICES, PREPROCESS_CHOICES, GeneratedTask, Pair,
-                               gc_paused, iter_pairs, normalize, pair_bytes, read_pairs, summarize_skipped,
-                               tokenize)
-from jaxseq.data.vocab import DEFAULT_RESERVED, Vocab
+                               first_two_warning, gc_paused, iter_pairs, normalize, pair_bytes, read_pairs,
+                               summarize_skipped, tokenize)
+from jaxseq.data.text import warn
+from jaxseq.data.vocab import DEFAULT_RESERVED, Vocab, count_reserved, require_real_tokens, reserved_warning
 from jaxseq.errors import ConfigError, DataError
 
 __all__ = [
     # this module
     "TranslationDataConfig", "TranslationData", "load_translation", "split_pairs", "split_sizes", "build_vocabs",
-    "SPLIT_CHOICES", "OVERFLOW_CHOICES", "SPLITS",
+    "count_reserved_in_pairs", "SPLIT_CHOICES", "OVERFLOW_CHOICES", "SPLITS",
     # re-exported from jaxseq.data.pairs
     "Pair", "iter_pairs", "read_pairs", "pair_bytes", "normalize", "tokenize", "summarize_skipped",
-    "GeneratedTask", "GENERATED_TASKS", "PREPROCESS_CHOICES", "ON_BAD_LINE_CHOICES",
+    "first_two_warning", "GeneratedTask", "GENERATED_TASKS", "PREPROCESS_CHOICES", "ON_BAD_LINE_CHOICES",
     # re-exported from jaxseq.data.pair_batches
     "Batch", "EncodedPairs", "TranslationBatches", "SourceEncoding", "encode_pairs", "eval_batches",
     "encode_source", "source_batch", "decode_target", "bucket_widths", "fit_width", "check_vocab",
@@ -68,6 +71,7 @@ SPLIT_CHOICES = ("random", "head")
 OVERFLOW_CHOICES = ("truncate", "drop")
 SPLITS = ("train", "valid", "test")
 SPLIT_STREAM = 1        # fold_rng(seed, SPLIT_STREAM) deals the pairs into splits
+_RESERVED_BYTES = re.compile(rb"(?i)<(?:pad|bos|eos|unk)>")   # a cheap test before counting reserved words
 
 
 @dataclass(frozen=True)
@@ -89,8 +93,10 @@ class TranslationDataConfig:
     batch_size: int = option(64, "pairs per batch (the global batch, over all devices and hosts)")
     buckets: str = option("pow2", "padded widths of a batch: pow2 (8, 16, 32, ... up to --max-len), step8 "
                           "(multiples of 8) or none (always --max-len: one shape)", choices=BUCKET_CHOICES)
-    on_bad_line: str = option("error", "a malformed line stops reading (error) or is dropped and counted (skip)",
-                              choices=ON_BAD_LINE_CHOICES)
+    on_bad_line: str = option("error", "a malformed line (no tab, more than two tab-separated fields, an empty "
+                              "side) stops reading, naming file and line (error), or is dropped and counted (skip); "
+                              "with first-two a line of more than two fields gives its first two (with a warning) "
+                              "and other malformed lines stop", choices=ON_BAD_LINE_CHOICES)
     overflow: str = option("truncate", "pairs longer than --max-len are cut (truncate) or removed (drop)",
                            choices=OVERFLOW_CHOICES)
 
@@ -150,11 +156,25 @@ def split_pairs(pairs: Sequence[Pair], *, split: str = "random", valid_fraction:
     return train, valid, test
 
 
-def build_vocabs(train: Sequence[Pair], min_freq: int = 2) -> tuple[Vocab, Vocab]:
-    """Source and target vocabularies of the training pairs (``<pad>`` is 0)."""
-    src = Vocab.build((t for p in train for t in p.src), min_freq=min_freq, reserved_tokens=DEFAULT_RESERVED)
-    tgt = Vocab.build((t for p in train for t in p.tgt), min_freq=min_freq, reserved_tokens=DEFAULT_RESERVED)
-    return src, tgt
+def build_vocabs(train: Sequence[Pair], min_freq: int = 2, *, source: str = "the data") -> tuple[Vocab, Vocab]:
+    """Source and target vocabularies of the training pairs (``<pad>`` is 0).
+
+    A side whose vocabulary would hold no real word (``min_freq`` above every
+    count) is refused with a DataError naming ``--min-freq``.
+    """
+    vocabs = []
+    for side, what in (("src", "source word"), ("tgt", "target word")):
+        vocab = Vocab.build((t for p in train for t in getattr(p, side)), min_freq=min_freq,
+                            reserved_tokens=DEFAULT_RESERVED)
+        require_real_tokens(vocab, (t for p in train for t in getattr(p, side)), min_freq=min_freq, source=source,
+                            what=what, of=f"the {len(train)} training pairs")
+        vocabs.append(vocab)
+    return vocabs[0], vocabs[1]
+
+
+def count_reserved_in_pairs(pairs: Sequence[Pair]) -> collections.Counter:
+    """How often each reserved token string (``<eos>``...) occurs as a word of ``pairs`` (either side)."""
+    return count_reserved(t for p in pairs for side in (p.src, p.tgt) for t in side)
 
 
 # -- everything together --------------------------------------------------------
@@ -172,6 +192,8 @@ class TranslationData:
     tgt_vocab: Vocab
     skipped: list[tuple[int, str]] = field(default_factory=list)   # (line, reason) of dropped bad lines
     dropped: int = 0                                               # over-long pairs removed (overflow=drop)
+    first_two: list[int] = field(default_factory=list)             # lines cut to two fields (on_bad_line=first-two)
+    reserved: dict[str, int] = field(default_factory=dict)         # reserved token strings in the text -> count
     _encoded: dict[str, EncodedPairs] = field(default_factory=dict, repr=False)
 
     def split(self, name: str) -> list[Pair]:
@@ -230,17 +252,20 @@ def load_translation(config: TranslationDataConfig, *, seed: int = 0, options=No
 
     ``seed`` (the run's seed) fixes the random split; ``options`` configures a
     generated task (a :class:`~jaxseq.data.dates.DatesConfig` for ``dates``);
-    pass both vocabularies to reuse saved ones.
+    pass both vocabularies to reuse saved ones. Words spelled like a reserved
+    token (``<eos>``...) are read as ``<unk>`` (see :mod:`jaxseq.data.vocab`);
+    they and lines cut to two fields are warned about in one line each.
     """
     config.validate()
     if (src_vocab is None) != (tgt_vocab is None):
         raise ConfigError("give both the source and the target vocabulary, or neither")
     data, source = pair_bytes(config.data, options)
     skipped: list[tuple[int, str]] = []
+    first_two: list[int] = []
     pairs, dropped = [], 0
     with gc_paused():
         for pair in iter_pairs(data, source, preprocess=config.preprocess, on_bad_line=config.on_bad_line,
-                               skipped=skipped):
+                               skipped=skipped, first_two=first_two):
             if config.overflow == "drop" and max(len(pair.src), len(pair.tgt)) + 1 > config.max_len:
                 dropped += 1
                 continue
@@ -248,6 +273,11 @@ def load_translation(config: TranslationDataConfig, *, seed: int = 0, options=No
             if config.max_pairs is not None and len(pairs) >= config.max_pairs:
                 break
     skipped.sort()
+    if first_two:
+        warn(first_two_warning(first_two, source))
+    reserved = count_reserved_in_pairs(pairs) if _RESERVED_BYTES.search(data) else collections.Counter()
+    if reserved:
+        warn(reserved_warning(reserved, source))
     if not pairs:
         why = f" ({summarize_skipped(skipped)})" if skipped else ""
         why += f" ({dropped} longer than --max-len {config.max_len} dropped)" if dropped else ""
@@ -255,7 +285,8 @@ def load_translation(config: TranslationDataConfig, *, seed: int = 0, options=No
     train, valid, test = split_pairs(pairs, split=config.split, valid_fraction=config.valid_fraction,
                                      test_fraction=config.test_fraction, seed=seed)
     if src_vocab is None:
-        src_vocab, tgt_vocab = build_vocabs(train, config.min_freq)
+        src_vocab, tgt_vocab = build_vocabs(train, config.min_freq, source=source)
     check_vocab(src_vocab, "source")
     check_vocab(tgt_vocab, "target")
-    return TranslationData(config, source, train, valid, test, src_vocab, tgt_vocab, skipped, dropped)
+    return TranslationData(config, source, train, valid, test, src_vocab, tgt_vocab, skipped, dropped,
+                           first_two, dict(reserved))
