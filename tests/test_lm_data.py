@@ -145,6 +145,33 @@ def test_load_corpus_builtin_and_file(tmp_path):
         load_corpus(LMDataConfig(data=str(tmp_path / "missing.txt")))
 
 
+def test_min_freq_above_every_count_is_refused(tmp_path):
+    """Only <unk> in the vocabulary (perplexity 1.000, nothing learnt) is refused, naming --min-freq (issue #12)."""
+    path = tmp_path / "t.txt"
+    path.write_text("abcabcab" * 4)                           # the first 24 characters train: a, b 9 each, c 6
+    with pytest.raises(DataError) as err:
+        load_corpus(LMDataConfig(data=str(path), min_freq=12, valid_fraction=0.25))
+    message = str(err.value)
+    assert message.startswith(f"{path}: --min-freq 12 keeps no token of the training text") and "\n" not in message
+    assert "'a', is seen 9 times" in message and "lower --min-freq to 9 or less" in message
+    corpus = load_corpus(LMDataConfig(data=str(path), min_freq=9, valid_fraction=0.25))
+    assert corpus.vocab.idx_to_token == ["<unk>", "a", "b"]
+
+
+def test_reserved_words_in_the_text_are_unk_with_a_warning(tmp_path, capsys):
+    path = tmp_path / "t.txt"
+    path.write_text("the cat <eos> sat <unk> on the <eos> mat " * 3)
+    corpus = load_corpus(LMDataConfig(data=str(path), tokens="word", valid_fraction=0.25))
+    err = capsys.readouterr().err
+    assert err == (f"jaxseq: warning: {path}: 9 occurrences of reserved token strings in the text (<eos> x6, "
+                   "<unk> x3) are read as <unk>, not as the special tokens; rename them in the file if they "
+                   "are words\n")
+    assert "<eos>" not in corpus.vocab and corpus.vocab.idx_to_token[0] == "<unk>"
+    assert corpus.vocab.decode(corpus.train[:5]) == ["the", "cat", "<unk>", "sat", "<unk>"]
+    load_corpus(LMDataConfig(data=str(path), tokens="char", valid_fraction=0.25))   # single characters: none
+    assert capsys.readouterr().err == ""
+
+
 def test_builtin_corpus_is_the_python_reference():
     text = corpora.builtin_text()
     assert len(text) > 100_000 and "assert" in text

@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from jaxseq.data.text import detokenize, preprocess, read_text, tokenize
-from jaxseq.data.vocab import UNK, Vocab
+from jaxseq.data.text import decode_utf8, detokenize, preprocess, read_text, tokenize
+from jaxseq.data.vocab import (RESERVED_STRINGS, UNK, Vocab, count_reserved, require_real_tokens,
+                               reserved_warning)
 from jaxseq.errors import DataError, JaxseqError
 
 
@@ -39,6 +40,17 @@ def test_read_text_refuses_bad_files(tmp_path, content, fragment):
     message = str(err.value)
     assert fragment in message and str(p) in message and "\n" not in message
     assert isinstance(err.value, JaxseqError)
+
+
+def test_bad_bytes_are_named_by_line_and_offset(tmp_path):
+    p = tmp_path / "f.txt"
+    p.write_bytes(b"one\ntwo\nth\xffree\n")
+    with pytest.raises(DataError, match=rf"^{p}:3: not valid UTF-8 at byte offset 10 \(byte 0xff\); convert"):
+        read_text(p)
+    with pytest.raises(DataError, match=r"^x: looks binary \(NUL byte at offset 1\); give pairs, please$"):
+        decode_utf8(b"a\x00b", "x", expect="pairs, please")
+    with pytest.raises(DataError, match=r"^x:1: not valid UTF-8 .*; or else$"):
+        decode_utf8(b"\xc3", "x", fix="or else")
 
 
 def test_read_text_refuses_directory(tmp_path):
@@ -111,10 +123,40 @@ def test_vocab_round_trips_any_unicode_chars(text):
 
 
 @settings(max_examples=100, deadline=None)
-@given(st.lists(st.text(min_size=1).filter(lambda w: not any(c.isspace() for c in w)), min_size=1))
+@given(st.lists(st.text(min_size=1).filter(lambda w: not any(c.isspace() for c in w))
+                | st.sampled_from(sorted(RESERVED_STRINGS)), min_size=1))
 def test_vocab_round_trips_any_unicode_words(words):
     vocab = Vocab.build(words)
-    assert vocab.decode(vocab.encode(words)) == words
+    assert vocab.decode(vocab.encode(words)) == [UNK if w in RESERVED_STRINGS else w for w in words]
+
+
+def test_reserved_strings_in_the_text_are_escaped_to_unk():
+    """``<eos>`` as a word of the text is <unk>, never the special id; build never counts it."""
+    words = ["<eos>", "go", "<bos>", "<eos>", "go", "<pad>", "<unk>", "<sep>"]
+    vocab = Vocab.build(words)
+    assert vocab.idx_to_token == ["<pad>", "<bos>", "<eos>", "<unk>", "go", "<sep>"]
+    assert vocab.encode(words).tolist() == [3, 4, 3, 3, 4, 3, 3, 5]
+    assert vocab.unknown(words) == ["<eos>", "<bos>", "<pad>", "<unk>"]
+    assert "<eos>" in vocab and vocab.eos == 2                   # the special token itself is there
+    lm = Vocab.build(words, reserved_tokens=(UNK,))              # a language model reserves only <unk>
+    assert lm.idx_to_token == ["<unk>", "go", "<sep>"] and lm.encode(["<eos>"]).tolist() == [0]
+    counts = count_reserved(words)
+    assert counts == {"<eos>": 2, "<bos>": 1, "<pad>": 1, "<unk>": 1}
+    assert reserved_warning(counts, "f.txt") == ("f.txt: 5 occurrences of reserved token strings in the text "
+                                                 "(<eos> x2, <bos> x1, <pad> x1, <unk> x1) are read as <unk>, not as "
+                                                 "the special tokens; rename them in the file if they are words")
+    assert reserved_warning(count_reserved(["go"]), "f.txt") is None
+
+
+def test_require_real_tokens():
+    tokens = list("aab")
+    require_real_tokens(Vocab.build(tokens, min_freq=2), tokens, min_freq=2, source="s", what="token", of="t")
+    with pytest.raises(DataError, match=r"^s: --min-freq 3 keeps no token of t \(the most frequent, 'a', is seen 2 "
+                                        r"times\), so every token would be <unk>; lower --min-freq to 2 or less"):
+        require_real_tokens(Vocab.build(tokens, min_freq=3), tokens, min_freq=3, source="s", what="token", of="t")
+    only = ["<eos>", "<eos>"]
+    with pytest.raises(DataError, match="^s: t holds no word other than reserved token strings"):
+        require_real_tokens(Vocab.build(only), only, min_freq=1, source="s", what="word", of="t")
 
 
 @settings(max_examples=50, deadline=None)

@@ -47,6 +47,8 @@ def numbered_pairs(n, *, long_every=0):
     ("a\tb\n\nc\td\n", 2, "blank line"),
     (b"a\tb\nc\td\ne\xe9\tf\n", 3, "not valid UTF-8"),
     (b"\xef\xbb\xbfa\tb\nc\xff\td\n", 2, "not valid UTF-8"),
+    ("a\tb\nc\td\tCC-BY attribution\n", 2, "more than two tab-separated fields"),
+    ("a\tb\nc\td\t\n", 2, "more than two tab-separated fields"),
 ])
 def test_bad_line_is_reported_with_file_and_line(tmp_path, content, line, words):
     path = write(tmp_path, content)
@@ -86,17 +88,59 @@ def test_skip_drops_and_reports_bad_lines(tmp_path):
                b"\n"                   # 5 blank inside
                b"bad \xc3\x28\tx\n"    # 6 bad UTF-8
                b"src\t \n"             # 7 empty target
-               b"Run!\tCours !\tCC-BY attribution\n"  # 8 good, third column ignored
+               b"Run!\tCours !\tCC-BY attribution\n"  # 8 three fields
+               b"Wow!\tOuah !\n"       # 9 good
                b"\n\n")                # trailing blank lines are fine
     path = write(tmp_path, content)
     data = tr.load_translation(config(path, on_bad_line="skip", valid_fraction=0.0, test_fraction=0.0))
     assert data.skipped == [(2, "no tab"), (3, "empty source"), (5, "blank line"), (6, "not valid UTF-8"),
-                            (7, "empty target")]
-    assert [p.line for p in data.train] == [1, 4, 8]
-    assert data.train[2] == tr.Pair(["run", "!"], ["cours", "!"], 8)
+                            (7, "empty target"), (8, "more than two fields")]
+    assert [p.line for p in data.train] == [1, 4, 9]
+    assert data.train[2] == tr.Pair(["wow", "!"], ["ouah", "!"], 9)
+    assert data.first_two == []
     summary = tr.summarize_skipped(data.skipped)
-    assert summary.startswith("skipped 5 lines: ") and "1 no tab (line 2)" in summary
-    assert "skipped 5 lines" in data.summary()
+    assert summary.startswith("skipped 6 lines: ") and "1 no tab (line 2)" in summary
+    assert "1 more than two fields (line 8)" in summary
+    assert "skipped 6 lines" in data.summary()
+
+
+def test_extra_fields_error_says_what_to_do(tmp_path):
+    path = write(tmp_path, "Go.\tVa !\nRun!\tCours !\tCC-BY 2.0 (France) Attribution: tatoeba.org\n")
+    with pytest.raises(DataError) as err:
+        tr.load_translation(config(path))
+    message = str(err.value)
+    assert message.startswith(f"{path}:2: more than two tab-separated fields") and "\n" not in message
+    assert "--on-bad-line first-two" in message and "--on-bad-line skip" in message
+
+
+def test_first_two_takes_the_first_two_fields_and_warns(tmp_path, capsys):
+    content = ("Go.\tVa !\tCC-BY a\n"       # 1 three fields
+               "Hi.\tSalut !\n"              # 2 good
+               "Run!\tCours !\tCC-BY b\tx\n"  # 3 four fields
+               "Who?\tQui ?\t\n")           # 4 an empty third field
+    path = write(tmp_path, content)
+    data = tr.load_translation(config(path, on_bad_line="first-two", valid_fraction=0.0, test_fraction=0.0))
+    assert data.train == [tr.Pair(["go", "."], ["va", "!"], 1), tr.Pair(["hi", "."], ["salut", "!"], 2),
+                          tr.Pair(["run", "!"], ["cours", "!"], 3), tr.Pair(["who", "?"], ["qui", "?"], 4)]
+    assert data.first_two == [1, 3, 4] and data.skipped == []
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("jaxseq: warning: ")
+    assert f"{path}: 3 lines had more than two tab-separated fields" in err and "lines 1, 3, 4" in err
+    pairs, skipped = tr.read_pairs(path, on_bad_line="first-two")           # read_pairs warns the same way
+    assert [p.line for p in pairs] == [1, 2, 3, 4] and skipped == []
+    assert "3 lines had more than two" in capsys.readouterr().err
+
+
+def test_first_two_still_stops_on_other_bad_lines(tmp_path, capsys):
+    path = write(tmp_path, "Go.\tVa !\tCC-BY\nno tab here\nHi.\tSalut !\n")
+    with pytest.raises(DataError, match=f"^{path}:2: no tab"):
+        tr.load_translation(config(path, on_bad_line="first-two"))
+    path = write(tmp_path, b"Go.\tVa !\tCC-BY\nbad \xff\tx\n", name="bytes.tsv")
+    with pytest.raises(DataError, match=f"^{path}:2: not valid UTF-8"):
+        tr.load_translation(config(path, on_bad_line="first-two"))
+    good = write(tmp_path, GOOD, name="good.tsv")
+    tr.load_translation(config(good, on_bad_line="first-two"))
+    assert capsys.readouterr().err == ""                     # nothing cut, nothing to warn about
 
 
 def test_skip_with_nothing_left_is_an_error(tmp_path):
@@ -350,6 +394,55 @@ def test_reused_vocabularies_and_checks(tmp_path):
         tr.load_translation(config(path), src_vocab=first.src_vocab)
 
 
+def test_min_freq_above_every_count_is_refused(tmp_path):
+    """A vocabulary of reserved tokens only (every word <unk>) is refused, naming --min-freq (issue #12)."""
+    path = write(tmp_path, "a b\tx y\na c\tx z\na d\ty w\n")     # source: a x3; target: x, y x2
+    flat = dict(valid_fraction=0.0, test_fraction=0.0)
+    with pytest.raises(DataError) as err:
+        tr.load_translation(config(path, min_freq=4, **flat))
+    message = str(err.value)
+    assert message.startswith(f"{path}: --min-freq 4 keeps no source word of the 3 training pairs")
+    assert "'a', is seen 3 times" in message and "lower --min-freq to 3 or less" in message and "\n" not in message
+    with pytest.raises(DataError, match=f"^{path}: --min-freq 3 keeps no target word .*'x', is seen 2 times"):
+        tr.load_translation(config(path, min_freq=3, **flat))
+    data = tr.load_translation(config(path, min_freq=2, **flat))
+    assert data.src_vocab.idx_to_token[4:] == ["a"] and data.tgt_vocab.idx_to_token[4:] == ["x", "y"]
+
+
+def test_literal_reserved_words_never_become_special_ids(tmp_path, capsys):
+    """A word spelled <eos> (or <bos>, <pad>, <unk>) in the text is <unk>, with one warning line (issue #12)."""
+    content = ("stop <eos> here\tarrête <eos> ici\n"
+               "go <bos> now\tva <pad> <eos>\n"
+               "<EOS> again\tencore <unk>\n"            # d2l lowercases it into <eos>
+               "plain words\tmots simples\n")
+    path = write(tmp_path, content)
+    data = tr.load_translation(config(path, valid_fraction=0.0, test_fraction=0.0, batch_size=4))
+    err = capsys.readouterr().err
+    assert err.startswith("jaxseq: warning: ") and err.count("\n") == 1
+    assert f"{path}: 7 occurrences of reserved token strings" in err
+    assert "<eos> x4, <bos> x1, <pad> x1, <unk> x1" in err and "read as <unk>" in err
+    assert data.reserved == {"<eos>": 4, "<bos>": 1, "<pad>": 1, "<unk>": 1}
+    sv, tv = data.src_vocab, data.tgt_vocab
+    assert sv.idx_to_token[:4] == tv.idx_to_token[:4] == ["<pad>", "<bos>", "<eos>", "<unk>"]
+    assert not {"<eos>", "<bos>", "<pad>", "<unk>"} & set(sv.idx_to_token[4:] + tv.idx_to_token[4:])
+    enc = data.encoded("train")
+    for ids, starts, lengths, vocab in ((enc.src_ids, enc.src_start, enc.src_len, sv),
+                                        (enc.tgt_ids, enc.tgt_start, enc.tgt_len, tv)):
+        for start, length in zip(starts.tolist(), lengths.tolist()):
+            row = ids[start:start + length].tolist()
+            assert row[-1] == vocab.eos and vocab.eos not in row[:-1]          # only the appended <eos>
+            assert vocab.bos not in row and vocab.pad not in row
+    first = [tv.index(w) for w in ("arrête", "ici")]
+    assert enc.tgt_ids[enc.tgt_start[0]:enc.tgt_start[0] + 4].tolist() == [first[0], tv.unk, first[1], tv.eos]
+    batch = next(data.train_batches(seed=0))
+    for row in range(4):
+        t = int(batch["tgt_len"][row])
+        assert np.flatnonzero(batch["tgt_out"][row] == tv.eos).tolist() == [t - 1]
+        assert np.flatnonzero(batch["tgt_in"][row] == tv.bos).tolist() == [0]
+    typed = data.encode_source("stop <eos> here")
+    assert typed.ids.tolist() == [sv.index("stop"), sv.unk, sv.index("here"), sv.eos] and "<eos>" in typed.unknown
+
+
 def test_encode_source_and_decode_target(tmp_path):
     path = write(tmp_path, GOOD * 2)
     data = tr.load_translation(config(path, max_len=6, valid_fraction=0.0, test_fraction=0.0))
@@ -379,6 +472,12 @@ def test_config_validation_and_flags():
     cfg = from_args(tr.TranslationDataConfig, args)
     assert (cfg.max_len, cfg.split, cfg.max_pairs, cfg.on_bad_line) == (9, "head", 640, "skip")
     assert from_args(dates_lib.DatesConfig, args).dates_source == "de"
+    args = parser.parse_args(["--on-bad-line", "first-two"])
+    assert from_args(tr.TranslationDataConfig, args).on_bad_line == "first-two"
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--on-bad-line", "ignore"])
+    [action] = [a for a in parser._actions if "--on-bad-line" in a.option_strings]
+    assert "more than two tab-separated fields" in action.help and "first-two" in action.help
 
 
 def test_language_model_corpus_is_not_pairs(tmp_cache):

@@ -17,21 +17,19 @@ Two partitionings of the training stream, as in D2L section 9.3:
 
 Both are pure functions of ``(seed, epoch, index)``, so the iterator's position
 is two integers and resuming gives exactly the batches an uninterrupted run
-would have seen. (The epoch's window order is one NumPy permutation: Grain's
-random-access ``index_shuffle`` gives the same guarantee but costs about 10 us
-per index in Python, over a second per epoch of a 1M-token corpus.)
+would have seen (:mod:`jaxseq.data.epochs`).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterator
-
 import numpy as np
 
 from jaxseq.config import option
 from jaxseq.data import text as text_lib
-from jaxseq.data.vocab import UNK, Vocab
+from jaxseq.data.epochs import EpochBatches, fold_rng, shard_rows
+from jaxseq.data.vocab import (RESERVED_STRINGS, UNK, Vocab, count_reserved, require_real_tokens,
+                               reserved_warning)
 from jaxseq.errors import ConfigError, DataError
 
 Batch = dict[str, np.ndarray]
@@ -89,7 +87,10 @@ def load_corpus(config: LMDataConfig, vocab: Vocab | None = None) -> LMCorpus:
     """Read, preprocess, tokenize and split; build the vocabulary on the training part.
 
     The language-model vocabulary reserves only ``<unk>`` (there is no padding
-    inside a window); pass ``vocab`` to reuse a saved one.
+    inside a window); pass ``vocab`` to reuse a saved one. A vocabulary built
+    here must hold at least one real token (else a DataError names
+    ``--min-freq``). Word tokens spelled like a reserved token (``<eos>``...)
+    become ``<unk>``, with a one-line warning (see :mod:`jaxseq.data.vocab`).
     """
     from jaxseq.data import corpora
 
@@ -98,21 +99,23 @@ def load_corpus(config: LMDataConfig, vocab: Vocab | None = None) -> LMCorpus:
     tokens = tokens_from_config(config, text)
     if len(tokens) < 4:
         raise DataError(f"{source}: only {len(tokens)} tokens after preprocessing; give more text")
+    if any(r in text for r in RESERVED_STRINGS):         # cheap test first: most texts hold none
+        message = reserved_warning(count_reserved(tokens), source)
+        if message:
+            text_lib.warn(message)
     n_valid = int(round(len(tokens) * config.valid_fraction))
     train_tokens = tokens[: len(tokens) - n_valid]
     if vocab is None:
         vocab = Vocab.build(train_tokens, min_freq=config.min_freq, reserved_tokens=(UNK,))
+        require_real_tokens(vocab, train_tokens, min_freq=config.min_freq, source=source, what="token",
+                            of="the training text")
     ids = vocab.encode(tokens)
     train, valid = split_stream(ids, config.valid_fraction)
     return LMCorpus(train=train, valid=valid, vocab=vocab, source=source)
 
 
-def _epoch_rng(seed: int, epoch: int) -> np.random.Generator:
-    return np.random.default_rng([seed, epoch])
-
-
-class LMBatches:
-    """Training batches over epochs, resumable from ``(epoch, index)``.
+class LMBatches(EpochBatches):
+    """Training batches over epochs, resumable from ``(epoch, index)`` (see :mod:`jaxseq.data.epochs`).
 
     ``shard=(i, n)`` gives host ``i`` of ``n`` its rows ``[i B/n, (i+1) B/n)``
     of every global batch, so the hosts together see exactly the global batch.
@@ -120,22 +123,18 @@ class LMBatches:
 
     def __init__(self, ids: np.ndarray, *, seq_len: int, batch_size: int, sampling: str = "random",
                  seed: int = 0, shard: tuple[int, int] = (0, 1)):
+        super().__init__()
         if sampling not in SAMPLING_CHOICES:
             raise ConfigError(f"--sampling must be one of {', '.join(SAMPLING_CHOICES)}, got {sampling!r}")
         self.ids = np.asarray(ids, dtype=np.int32)
         self.seq_len, self.batch_size, self.sampling, self.seed = seq_len, batch_size, sampling, seed
-        index, count = shard
-        if batch_size % count:
-            raise ConfigError(f"--batch-size {batch_size} is not divisible by the {count} processes")
-        self.rows = slice(index * batch_size // count, (index + 1) * batch_size // count)
-        self.epoch, self.index = 0, 0
+        self.rows = shard_rows(batch_size, shard)
         if self.batches_per_epoch < 1:
             raise DataError(f"the training text has {len(self.ids)} tokens, too few for one batch of "
                             f"{batch_size} x {seq_len + 1}; lower --batch-size or --seq-len, or give more text")
 
-    # -- layout of one epoch -------------------------------------------------
     def _offset(self, epoch: int) -> int:
-        return int(_epoch_rng(self.seed, epoch).integers(self.seq_len))
+        return int(fold_rng(self.seed, epoch).integers(self.seq_len))
 
     def _num_windows(self, offset: int) -> int:
         return (len(self.ids) - offset - 1) // self.seq_len
@@ -149,13 +148,15 @@ class LMBatches:
         return (len(self.ids) - worst - 1) // self.batch_size // self.seq_len
 
     def window_starts(self, epoch: int) -> np.ndarray:
-        """``(batches_per_epoch, B)`` start positions of every window of an epoch."""
+        """``(batches_per_epoch, B)`` start positions of every window of an epoch (the epoch's layout)."""
         offset, nb, b, t = self._offset(epoch), self.batches_per_epoch, self.batch_size, self.seq_len
         if self.sampling == "random":
-            order = _epoch_rng(self.seed, epoch).permutation(self._num_windows(offset))
+            order = fold_rng(self.seed, epoch).permutation(self._num_windows(offset))
             return offset + t * order[: nb * b].reshape(nb, b)
         stream_len = (len(self.ids) - offset - 1) // b
         return offset + stream_len * np.arange(b)[None, :] + t * np.arange(nb)[:, None]
+
+    layout = window_starts
 
     def batch(self, epoch: int, index: int, starts: np.ndarray | None = None) -> Batch:
         """Batch ``index`` of ``epoch`` (this host's rows)."""
@@ -166,29 +167,6 @@ class LMBatches:
         window = self.ids[pos]
         return {"inputs": window[:, :-1], "targets": window[:, 1:],
                 "weights": np.ones(window[:, 1:].shape, np.float32)}
-
-    # -- iteration and state -------------------------------------------------
-    def __iter__(self) -> Iterator[Batch]:
-        return self
-
-    def __next__(self) -> Batch:
-        if getattr(self, "_cached_epoch", None) != self.epoch:
-            self._starts, self._cached_epoch = self.window_starts(self.epoch), self.epoch
-        out = self.batch(self.epoch, self.index, self._starts)
-        self.index += 1
-        if self.index == self.batches_per_epoch:
-            self.epoch, self.index = self.epoch + 1, 0
-        return out
-
-    def get_state(self) -> dict[str, int]:
-        return {"epoch": self.epoch, "index": self.index}
-
-    def set_state(self, state: dict[str, int]) -> None:
-        epoch, index = int(state["epoch"]), int(state["index"])
-        if not 0 <= index < self.batches_per_epoch or epoch < 0:
-            raise DataError(f"data iterator state {state} does not fit this data "
-                            f"({self.batches_per_epoch} batches per epoch)")
-        self.epoch, self.index = epoch, index
 
 
 def eval_batches(ids: np.ndarray, *, seq_len: int, batch_size: int) -> list[Batch]:

@@ -2,13 +2,14 @@
 
 Text enters jaxseq only through :func:`read_text`, which refuses anything that
 is not a non-empty UTF-8 text file with a one-line :class:`DataError` naming
-the file (and, for bad bytes, the byte offset).
+the file (and, for bad bytes, the line and byte offset).
 """
 
 from __future__ import annotations
 
 import os
 import re
+import sys
 from pathlib import Path
 from typing import Iterable, Literal
 
@@ -20,16 +21,33 @@ PREPROCESS_CHOICES = ("none", "d2l")
 TOKEN_CHOICES = ("char", "word")
 
 
-def decode_utf8(data: bytes, source: str) -> str:
-    """Decode ``data`` as strict UTF-8, refusing binary (NUL bytes) and bad bytes."""
+def warn(message: str) -> None:
+    """Print a one-line warning about the data on stderr (``jaxseq: warning: ...``, as the CLI's own)."""
+    print(f"jaxseq: warning: {message}", file=sys.stderr, flush=True)
+
+
+def check_not_binary(data: bytes, source: str, expect: str = "a UTF-8 text file") -> None:
+    """Refuse ``data`` holding a NUL byte (a binary file), naming ``source`` and asking for ``expect``."""
     nul = data.find(b"\x00")
     if nul >= 0:
-        raise DataError(f"{source}: looks binary (NUL byte at offset {nul}); give a UTF-8 text file")
+        raise DataError(f"{source}: looks binary (NUL byte at offset {nul}); give {expect}")
+
+
+def decode_utf8(data: bytes, source: str, *, expect: str = "a UTF-8 text file",
+                fix: str = "convert the file to UTF-8") -> str:
+    """Decode ``data`` as strict UTF-8, refusing binary (NUL bytes) and bad bytes.
+
+    A bad byte is named by line and byte offset (``source:line: not valid
+    UTF-8 at byte offset ...; fix``); ``expect`` and ``fix`` complete the
+    messages for a particular kind of file.
+    """
+    check_not_binary(data, source, expect)
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as err:
-        raise DataError(f"{source}: not valid UTF-8 at byte offset {err.start} "
-                        f"(byte 0x{data[err.start]:02x}); convert the file to UTF-8") from None
+        line = data.count(b"\n", 0, err.start) + 1
+        raise DataError(f"{source}:{line}: not valid UTF-8 at byte offset {err.start} "
+                        f"(byte 0x{data[err.start]:02x}); {fix}") from None
 
 
 def read_bytes(path: str | os.PathLike) -> bytes:
