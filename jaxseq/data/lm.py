@@ -25,7 +25,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 import numpy as np
 
-from jaxseq.config import option
+from jaxseq.config import Config, option
 from jaxseq.data import text as text_lib
 from jaxseq.data.epochs import EpochBatches, fold_rng, shard_rows
 from jaxseq.data.vocab import (RESERVED_STRINGS, UNK, Vocab, count_reserved, require_real_tokens,
@@ -37,26 +37,20 @@ SAMPLING_CHOICES = ("random", "sequential")
 
 
 @dataclass(frozen=True)
-class LMDataConfig:
+class LMDataConfig(Config):
     """Where the text comes from and how it is cut into batches."""
 
     data: str = option("builtin", "a text file, 'builtin' (the Python reference shipped with CPython) "
                        "or a registered dataset (see `jaxseq data list`)")
     tokens: str = option("char", "token level", choices=text_lib.TOKEN_CHOICES)
     preprocess: str = option("none", "text preprocessing", choices=text_lib.PREPROCESS_CHOICES)
-    valid_fraction: float = option(0.1, "the last fraction of the token stream held out for validation")
-    min_freq: int = option(1, "tokens seen fewer times than this become <unk>")
-    seq_len: int = option(35, "time steps per window")
-    batch_size: int = option(32, "windows per batch (the global batch, over all devices and hosts)")
+    valid_fraction: float = option(0.1, "the last fraction of the token stream held out for validation",
+                                   above=0.0, below=1.0)
+    min_freq: int = option(1, "tokens seen fewer times than this become <unk>", minimum=1)
+    seq_len: int = option(35, "time steps per window", minimum=1)
+    batch_size: int = option(32, "windows per batch (the global batch, over all devices and hosts)", minimum=1)
     sampling: str = option("random", "how windows are dealt: random (state reset per batch) or "
                            "sequential (contiguous, state carried)", choices=SAMPLING_CHOICES)
-
-    def validate(self) -> None:
-        if not 0.0 < self.valid_fraction < 1.0:
-            raise ConfigError(f"--valid-fraction must lie in (0, 1), got {self.valid_fraction}")
-        for name in ("seq_len", "batch_size", "min_freq"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
 
 
 @dataclass

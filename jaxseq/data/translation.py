@@ -42,7 +42,7 @@ from typing import Sequence
 
 import numpy as np
 
-from jaxseq.config import option
+from jaxseq.config import Config, option
 from jaxseq.data.epochs import fold_rng
 from jaxseq.data.pair_batches import (BUCKET_CHOICES, Batch, EncodedPairs, SourceEncoding, TranslationBatches,
                                       bucket_widths, check_vocab, decode_target, encode_pairs, encode_source,
@@ -75,22 +75,22 @@ _RESERVED_BYTES = re.compile(rb"(?i)<(?:pad|bos|eos|unk)>")   # a cheap test bef
 
 
 @dataclass(frozen=True)
-class TranslationDataConfig:
+class TranslationDataConfig(Config):
     """Where the sentence pairs come from and how they become batches (the seed is the run's)."""
 
     data: str = option("dates", "a TSV file of source<TAB>target lines, a registered dataset (fra-eng) "
                        "or the generated task 'dates'")
     preprocess: str = option("d2l", "text normalisation: d2l (D2L's fra-eng rule: lowercase, no-break spaces "
                              "to spaces, a space before , . ! ?) or none", choices=PREPROCESS_CHOICES)
-    min_freq: int = option(2, "words seen fewer times than this in the training split become <unk>")
+    min_freq: int = option(2, "words seen fewer times than this in the training split become <unk>", minimum=1)
     max_len: int = option(16, "longest sentence in tokens, <eos> included; longer ones are cut or dropped "
-                          "(see --overflow)")
-    max_pairs: int | None = option(None, "use only the first this many pairs of the file (none: all)")
+                          "(see --overflow)", minimum=2)
+    max_pairs: int | None = option(None, "use only the first this many pairs of the file (none: all)", minimum=1)
     split: str = option("random", "random: a seeded shuffle deals the pairs into train/valid/test; head: "
                         "file order (train first, then valid, then test)", choices=SPLIT_CHOICES)
-    valid_fraction: float = option(0.1, "fraction of the pairs held out for validation")
-    test_fraction: float = option(0.1, "fraction of the pairs held out for testing")
-    batch_size: int = option(64, "pairs per batch (the global batch, over all devices and hosts)")
+    valid_fraction: float = option(0.1, "fraction of the pairs held out for validation", minimum=0.0, below=1.0)
+    test_fraction: float = option(0.1, "fraction of the pairs held out for testing", minimum=0.0, below=1.0)
+    batch_size: int = option(64, "pairs per batch (the global batch, over all devices and hosts)", minimum=1)
     buckets: str = option("pow2", "padded widths of a batch: pow2 (8, 16, 32, ... up to --max-len), step8 "
                           "(multiples of 8) or none (always --max-len: one shape)", choices=BUCKET_CHOICES)
     on_bad_line: str = option("error", "a malformed line (no tab, more than two tab-separated fields, an empty "
@@ -100,25 +100,10 @@ class TranslationDataConfig:
     overflow: str = option("truncate", "pairs longer than --max-len are cut (truncate) or removed (drop)",
                            choices=OVERFLOW_CHOICES)
 
-    def validate(self) -> None:
-        for name, choices in (("preprocess", PREPROCESS_CHOICES), ("split", SPLIT_CHOICES),
-                              ("buckets", BUCKET_CHOICES), ("on_bad_line", ON_BAD_LINE_CHOICES),
-                              ("overflow", OVERFLOW_CHOICES)):
-            if getattr(self, name) not in choices:
-                raise ConfigError(f"--{name.replace('_', '-')} must be one of {', '.join(choices)}, "
-                                  f"got {getattr(self, name)!r}")
-        for name in ("valid_fraction", "test_fraction"):
-            if not 0.0 <= getattr(self, name) < 1.0:
-                raise ConfigError(f"--{name.replace('_', '-')} must lie in [0, 1), got {getattr(self, name)}")
+    def check(self) -> None:
         if self.valid_fraction + self.test_fraction >= 1.0:
             raise ConfigError(f"--valid-fraction {self.valid_fraction} plus --test-fraction {self.test_fraction} "
                               "leaves no training pairs; make them smaller")
-        for name, low in (("min_freq", 1), ("batch_size", 1), ("max_len", 2)):
-            if getattr(self, name) < low:
-                raise ConfigError(f"--{name.replace('_', '-')} must be at least {low}, got {getattr(self, name)}")
-        if self.max_pairs is not None and self.max_pairs < 1:
-            raise ConfigError(f"--max-pairs must be at least 1 (or none for all), got {self.max_pairs}")
-
 
 
 # -- splits and vocabularies ----------------------------------------------------
