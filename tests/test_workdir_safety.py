@@ -511,3 +511,97 @@ def test_a_record_is_never_glued_onto_an_unterminated_line(tmp_path):
     MetricsLog(path).write({"step": 3})
     assert [r["step"] for r in MetricsLog.read(path)] == [2, 3]
     assert MetricsLog.read(tmp_path / "missing.jsonl") == []
+
+
+# -- sampling arguments and the n-gram sampler's top-k ---------------------------------------------
+
+def _ngram(V=12, order=3, seed=0):
+    import numpy as np
+    from jaxseq.ngram import NGramConfig, NGramLM
+    ids = np.random.default_rng(seed).choice(V, size=600, p=np.arange(1, V + 1) / (V * (V + 1) / 2))
+    return NGramLM.fit(ids, V, NGramConfig(order=order, smoothing="kn"))
+
+
+def test_ngram_top_k_1_is_the_greedy_path():
+    import numpy as np
+    model = _ngram()
+    greedy = model.sample([1, 2], 40, np.random.default_rng(0), temperature=0.0)
+    for temperature in (1.0, 0.5, 3.0):
+        top1 = model.sample([1, 2], 40, np.random.default_rng(5), temperature=temperature, top_k=1)
+        np.testing.assert_array_equal(top1, greedy)
+
+
+def test_ngram_top_k_never_leaves_the_k_most_likely_and_matches_the_renormalised_distribution():
+    import numpy as np
+    model = _ngram()
+    k = 3
+    for context in ([1, 2], [11, 11], [5]):
+        p = model.distribution(context)
+        allowed = set(np.argsort(-p, kind="stable")[:k].tolist())
+        # one step from a fixed context, many times: the empirical frequencies of the k survivors
+        draws = np.array([model.sample(context, 1, np.random.default_rng(i), top_k=k)[0] for i in range(3000)])
+        assert set(draws.tolist()) <= allowed and len(set(draws.tolist())) == k
+        expected = np.zeros_like(p)
+        expected[list(allowed)] = p[list(allowed)] / p[list(allowed)].sum()
+        freq = np.bincount(draws, minlength=len(p)) / len(draws)
+        assert np.abs(freq - expected).max() < 0.04
+        # exactly: each draw is the inverse CDF of the renormalised top-k distribution at the rng's uniform
+        cdf = np.cumsum(expected)
+        for i in range(50):
+            u = np.random.default_rng(i).random()
+            assert draws[i] == min(int(np.searchsorted(cdf, u * cdf[-1], side="right")), len(p) - 1)
+    # along a chain, every token is among the k most likely after its own history
+    chain = model.sample([1, 2], 200, np.random.default_rng(3), temperature=1.7, top_k=k)
+    history = [1, 2]
+    for token in chain:
+        p = model.distribution(history[-2:])
+        assert int(token) in set(np.argsort(-p, kind="stable")[:k].tolist())
+        history.append(int(token))
+    # top_k >= V changes nothing: the same draws as without it
+    np.testing.assert_array_equal(model.sample([1], 50, np.random.default_rng(9), top_k=model.vocab_size),
+                                  model.sample([1], 50, np.random.default_rng(9)))
+
+
+def test_ngram_top_k_ties_keep_exactly_k_lowest_ids():
+    import numpy as np
+    from jaxseq.ngram import NGramConfig, NGramLM
+    # add-k on a stream with every id once: a uniform unigram distribution, all ties
+    model = NGramLM.fit(np.arange(8), 8, NGramConfig(order=1, smoothing="add-k", add_k=1.0))
+    out = model.sample([0], 500, np.random.default_rng(0), top_k=3)
+    assert set(out.tolist()) == {0, 1, 2}
+
+
+@pytest.mark.parametrize("bad", [-1, 1.5, True, "2"])
+def test_ngram_refuses_a_bad_top_k(bad):
+    import numpy as np
+    with pytest.raises(ConfigError, match="--top-k"):
+        _ngram().sample([1], 3, np.random.default_rng(0), top_k=bad)
+
+
+@pytest.mark.parametrize("args, flag", [
+    ((0, 1.0, 0), "--length must be at least 1"), ((10_000_001, 1.0, 0), "--length"), ((2.5, 1.0, 0), "--length"),
+    ((5, float("nan"), 0), "--temperature"), ((5, float("inf"), 0), "--temperature"),
+    ((5, -0.1, 0), "--temperature"), ((5, 1.0, -1), "--top-k"), ((5, 1.0, 2.0), "--top-k")])
+def test_sampling_arguments_are_checked_with_the_flag_named(args, flag):
+    from jaxseq import decode
+    with pytest.raises(ConfigError, match=flag) as err:
+        decode.check_sample_args(*args)
+    assert "\n" not in str(err.value)
+
+
+def test_sampling_arguments_that_are_fine():
+    import numpy as np
+    from jaxseq import decode
+    for args in ((1, 0.0, 0), (10_000_000, 1e-6, 5), (np.int64(3), np.float32(0.7), np.int32(2))):
+        decode.check_sample_args(*args)
+
+
+def test_neural_generate_refuses_bad_sampling_arguments_before_compiling():
+    import jax
+    import numpy as np
+    from jaxseq import decode
+    for kwargs, flag in (({"temperature": float("nan")}, "--temperature"), ({"top_k": -2}, "--top-k")):
+        with pytest.raises(ConfigError, match=flag):
+            decode.generate(None, {}, np.zeros((1, 2), np.int32), 5, key=jax.random.PRNGKey(0), **kwargs)
+    with pytest.raises(ConfigError, match="--length"):
+        decode.generate(None, {}, np.zeros((1, 2), np.int32), 0, key=jax.random.PRNGKey(0))
