@@ -335,11 +335,18 @@ class Workdir:
         """Write atomically (a temporary file renamed into place), on process 0 only."""
         if not _is_writer():
             return
-        self.path.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=self.path)
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(dumps(data) + "\n")
-        os.replace(tmp, self.file(name))
+        tmp = None
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=self.path)
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                f.write(dumps(data) + "\n")
+            os.replace(tmp, self.file(name))
+        except OSError as err:
+            if tmp is not None:
+                Path(tmp).unlink(missing_ok=True)
+            raise CheckpointError(f"{self.file(name)}: {err.strerror or err}; not written "
+                                  "(the previous version, if any, is intact)") from None
 
     def read_json(self, name: str) -> Any:
         path = self.file(name)

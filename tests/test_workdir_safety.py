@@ -424,6 +424,12 @@ FULL_DISK = """
         log.write({"step": 3, "note": "x" * 100000})
     except JaxseqError as err:
         print("LOG", type(err).__name__, err)
+    from jaxseq.workdir import Workdir
+    Workdir(sys.argv[3]).write_json("results.json", {"step": 2})
+    try:
+        Workdir(sys.argv[3]).write_json("results.json", {"notes": "x" * 100000})
+    except JaxseqError as err:
+        print("JSON", type(err).__name__, err)
     ckpt.close()
 """
 
@@ -431,7 +437,8 @@ FULL_DISK = """
 def test_a_full_disk_during_a_save_is_one_line_and_leaves_nothing_partial(tmp_path):
     from jaxseq.checkpoint import Checkpointer
     directory, metrics = tmp_path / "checkpoints", tmp_path / "metrics.jsonl"
-    proc = _python(FULL_DISK, directory, metrics)
+    run = tmp_path / "run"
+    proc = _python(FULL_DISK, directory, metrics, run)
     out, err = proc.communicate(timeout=300)
     assert proc.returncode == 0, err[-3000:]
     lines = dict(line.split(" ", 1) for line in out.splitlines())
@@ -440,6 +447,8 @@ def test_a_full_disk_during_a_save_is_one_line_and_leaves_nothing_partial(tmp_pa
     assert lines["LOG"].startswith(f"CheckpointError {metrics}: File too large")
     assert sorted(p.name for p in directory.iterdir()) == ["1", "2"]            # no partial step 3, no temporary
     assert metrics.read_text() == '{"loss": 1.0, "step": 1}\n{"loss": 1.0, "step": 2}\n'    # no torn line
+    assert lines["JSON"].startswith(f"CheckpointError {run / 'results.json'}: File too large; not written")
+    assert os.listdir(run) == ["results.json"] and json.loads((run / "results.json").read_text()) == {"step": 2}
     reader = Checkpointer(directory, read_only=True)
     try:
         assert reader.restore({"w": _abstract()["w"]}, MANIFEST)[2] == 2
