@@ -330,8 +330,8 @@ class Checkpointer:
         """
         step_dir = root / str(step)
         if step_dir.exists():
-            raise CheckpointError(f"{step_dir}: already exists{'' if is_jaxseq_step(step_dir) else ' and is not a jaxseq checkpoint'}; "
-                                  "move it out of the way and resume")
+            foreign = "" if is_jaxseq_step(step_dir) else " and is not a jaxseq checkpoint"
+            raise CheckpointError(f"{step_dir}: already exists{foreign}; move it out of the way and resume")
         before = {p.name for p in root.iterdir()} if root.is_dir() else set()
         try:
             manager.save(step, args=args, force=True)
@@ -426,6 +426,9 @@ class Checkpointer:
         self.wait()
         for _ in range(20):
             steps = self.steps() if step is None else [step]
+            if not steps and self.read_only:
+                raise CheckpointError(f"{self.directory}: no complete checkpoint yet; train a model there first "
+                                      "(a running trainer writes one every --checkpoint-every steps)")
             if not steps:
                 raise CheckpointError(f"{self.directory}: no checkpoint to resume from; train without --resume first")
             for candidate in reversed(steps):

@@ -10,7 +10,6 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import pytest
@@ -248,7 +247,7 @@ def test_a_reader_of_a_missing_directory_creates_nothing(tmp_path):
     reader = Checkpointer(missing, read_only=True)
     try:
         assert reader.steps() == [] and latest_complete_step(missing) is None
-        with pytest.raises(CheckpointError, match="no checkpoint"):
+        with pytest.raises(CheckpointError, match="no complete checkpoint yet; train a model there first"):
             reader.restore(_abstract(), MANIFEST)
     finally:
         reader.close()
