@@ -20,14 +20,35 @@ CLI's ``--fallback``), never silently.
 
 A crash during a save leaves Orbax's temporary directory behind, not a
 checkpoint: the previous checkpoint stays the latest valid one, and the
-leftover is removed when the next run opens the directory.
+leftover is removed when the next writer opens the directory.
+
+Writers and readers (DESIGN.md principle 7). A writing ``Checkpointer`` (the
+trainer, which holds the work directory's lock, :meth:`jaxseq.workdir.Workdir.lock`)
+removes leftovers, saves, and prunes old checkpoints. A reader
+(``Checkpointer(dir, read_only=True)``: evaluate, generate, translate)
+creates nothing, deletes and renames nothing, and sees only *complete*
+checkpoints: committed by Orbax (renamed from its temporary name) and with
+``checksums.json`` written. A step directory without ``checksums.json`` is
+still being finalised by a running trainer and is skipped, not refused.
+
+Only jaxseq's own step directories are listed or pruned: a numbered folder
+is a jaxseq checkpoint if it holds the ``manifest`` item or ``checksums.json``
+(:func:`is_jaxseq_step`). Keeping the ``keep`` newest is done here, not by
+Orbax's ``max_to_keep`` (which would delete any numbered folder).
+
+A save that fails for lack of space (or any other operating-system error,
+also when Orbax or TensorStore wrap it) removes the partial step it started
+and raises one :class:`CheckpointError` line naming the step directory, the
+reason and the last complete checkpoint.
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -60,11 +81,16 @@ def file_checksums(step_dir: Path) -> dict[str, list]:
 
 
 def write_checksums(step_dir: Path) -> None:
+    """Write ``checksums.json`` atomically (a temporary file renamed into place; removed on failure)."""
     sums = file_checksums(step_dir)
     fd, tmp = tempfile.mkstemp(prefix=".checksums.", dir=step_dir)
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        json.dump(sums, f, indent=0, sort_keys=True)
-    os.replace(tmp, step_dir / CHECKSUMS)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(sums, f, indent=0, sort_keys=True)
+        os.replace(tmp, step_dir / CHECKSUMS)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def verify_checksums(step_dir: Path, step: int) -> None:
@@ -88,81 +114,254 @@ def verify_checksums(step_dir: Path, step: int) -> None:
             raise CheckpointError(f"{step_dir}: checkpoint at step {step} fails its checksum for {name}")
 
 
+# -- which step directories are jaxseq's, and which are complete ------------------------------
+
+MANIFEST_ITEM = "manifest"
+LEFTOVER_MARKS = (".orbax-checkpoint-tmp", ".jaxseq-deleting")
+
+
+def is_jaxseq_step(path: Path) -> bool:
+    """A numbered directory (``str(step)``) holding jaxseq's ``manifest`` item or ``checksums.json``."""
+    name = path.name
+    return (name.isdigit() and str(int(name)) == name and path.is_dir()
+            and ((path / MANIFEST_ITEM).is_dir() or (path / CHECKSUMS).is_file()))
+
+
+def is_complete(step_dir: Path) -> bool:
+    """Committed by Orbax (under its final name) and its ``checksums.json`` written."""
+    return is_jaxseq_step(step_dir) and (step_dir / CHECKSUMS).is_file()
+
+
+def checkpoint_steps(directory: str | os.PathLike, *, complete_only: bool = False) -> list[int]:
+    """The steps of jaxseq's checkpoints under ``directory``, ascending (reads only).
+
+    ``complete_only`` drops those whose ``checksums.json`` is not written yet.
+    """
+    root = Path(directory)
+    try:
+        children = list(root.iterdir())
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+    ok = is_complete if complete_only else is_jaxseq_step
+    return sorted(int(p.name) for p in children if ok(p))
+
+
+def latest_complete_step(directory: str | os.PathLike) -> int | None:
+    """The newest complete checkpoint under ``directory`` (None if there is none); reads only."""
+    steps = checkpoint_steps(directory, complete_only=True)
+    return steps[-1] if steps else None
+
+
+_OS_ERROR_CODE = re.compile(r"os_error_code='?(\d+)")
+_OS_PHRASES = tuple(os.strerror(code) for code in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS,
+                                                   errno.EACCES, errno.EIO))
+
+
+def os_error_reason(err: BaseException) -> str | None:
+    """The operating-system reason behind ``err`` ("No space left on device", ...), or None.
+
+    Looks through the exception's causes for an ``OSError``, then at the
+    message, where TensorStore (Orbax's array writer) reports the error as
+    ``... [os_error_code='28']``.
+    """
+    chain, todo = [], [err]
+    while todo:
+        e = todo.pop()
+        if e is None or any(e is c for c in chain):
+            continue
+        chain.append(e)
+        if isinstance(e, OSError) and (e.strerror or e.errno):
+            return e.strerror or os.strerror(e.errno)
+        todo += [e.__cause__, e.__context__, *getattr(e, "exceptions", ())]
+    for e in chain:
+        text = str(e)
+        match = _OS_ERROR_CODE.search(text)
+        if match:
+            return os.strerror(int(match.group(1)))
+        for phrase in _OS_PHRASES:
+            if phrase in text:
+                return phrase
+    return None
+
+
+def _remove_dir(path: Path) -> None:
+    """Remove a directory so that no reader ever sees it half-deleted: rename it aside, then delete."""
+    aside = path.with_name(f"{path.name}.jaxseq-deleting-{os.getpid()}")
+    try:
+        path.rename(aside)
+    except OSError:
+        aside = path
+    shutil.rmtree(aside, ignore_errors=True)
+
+
+def _free_name(path: Path, suffix: str) -> Path:
+    """``path`` + ``suffix``, or + ``suffix.1``, ``.2``, ... : the first name not taken."""
+    candidate, n = path.with_name(path.name + suffix), 0
+    while candidate.exists() or candidate.is_symlink():
+        n += 1
+        candidate = path.with_name(f"{path.name}{suffix}.{n}")
+    return candidate
+
+
 class Checkpointer:
     """Saves and restores ``(state, data position, manifest)`` under ``directory``.
 
-    Keeps the ``keep`` most recent checkpoints and, with ``keep_best``, the
-    one with the lowest validation loss under ``directory/best``.
+    Keeps the ``keep`` most recent complete checkpoints and, with
+    ``keep_best``, the one with the lowest validation loss under
+    ``directory/best``.
+
+    A writer (the default) must hold the work directory's lock: it removes
+    what crashed saves left behind, creates ``directory`` and prunes old
+    checkpoints. ``read_only=True`` opens a reader: nothing is created,
+    removed or renamed (``save``/``save_best`` refuse), only complete
+    checkpoints are listed, and a checkpoint pruned by a running trainer
+    while it is being read is replaced by the then newest one.
     """
 
-    def __init__(self, directory: str | Path, *, keep: int = 3, keep_best: bool = False):
+    def __init__(self, directory: str | Path, *, keep: int = 3, keep_best: bool = False,
+                 read_only: bool = False):
         self.directory = Path(directory).absolute()
-        self._clean_leftovers()
-        self.manager = ocp.CheckpointManager(
-            self.directory, options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True))
-        self.best = (ocp.CheckpointManager(self.directory / "best",
-                                           options=ocp.CheckpointManagerOptions(max_to_keep=1, create=True))
-                     if keep_best else None)
-        self.best_loss = self._saved_best_loss()
+        self.keep, self.read_only = keep, read_only
+        self.manager = self.best = None
+        if read_only:
+            self._reader = ocp.Checkpointer(ocp.CompositeCheckpointHandler())
+        else:
+            self._reader = None
+            self._clean_leftovers()
+            # max_to_keep stays None: Orbax would delete any numbered folder; _prune keeps jaxseq's own
+            self.manager = ocp.CheckpointManager(self.directory, options=ocp.CheckpointManagerOptions(create=True))
+            if keep_best:
+                self.best = ocp.CheckpointManager(self.directory / "best",
+                                                  options=ocp.CheckpointManagerOptions(create=True))
+        self.best_loss = self._saved_best_loss() if keep_best else float("inf")
 
     def _saved_best_loss(self) -> float:
         """The validation loss of the kept best checkpoint, if any (so a resumed run keeps it)."""
-        if self.best is None or self.best.latest_step() is None:
+        step = latest_complete_step(self.directory / "best")
+        if step is None:
             return float("inf")
-        step = self.best.latest_step()
         try:
-            path = self.directory / "best" / str(step) / "manifest" / "metadata"
+            path = self.directory / "best" / str(step) / MANIFEST_ITEM / "metadata"
             return float(json.loads(path.read_text(encoding="utf-8")).get("valid_loss", float("inf")))
         except (OSError, ValueError):
             return float("inf")
 
     def _clean_leftovers(self) -> None:
-        """Remove temporary directories a crash during a save left behind (process 0)."""
+        """Remove temporary directories a crash during a save (or a prune) left behind (process 0)."""
         if not self.directory.exists() or jax.process_index() != 0:
             return
         for root in (self.directory, self.directory / "best"):
-            if not root.exists():
+            if not root.is_dir():
                 continue
             for child in root.iterdir():
-                if child.is_dir() and ".orbax-checkpoint-tmp" in child.name:
+                if child.is_dir() and any(mark in child.name for mark in LEFTOVER_MARKS):
                     shutil.rmtree(child, ignore_errors=True)
 
     def steps(self) -> list[int]:
-        return sorted(self.manager.all_steps())
+        """jaxseq's checkpoints, ascending; a reader lists only complete ones."""
+        return checkpoint_steps(self.directory, complete_only=self.read_only)
 
     def latest_step(self) -> int | None:
-        return self.manager.latest_step()
+        steps = self.steps()
+        return steps[-1] if steps else None
 
     @staticmethod
     def _args(state: Any, data: dict, manifest: dict):
         return ocp.args.Composite(state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data),
                                   manifest=ocp.args.JsonSave(manifest))
 
+    def _writer(self, what: str) -> None:
+        if self.read_only:
+            raise CheckpointError(f"{self.directory}: opened read-only; cannot {what}")
+
+    def _last_complete(self) -> str:
+        last = latest_complete_step(self.directory)
+        return ("no complete checkpoint has been written yet" if last is None
+                else f"the last complete checkpoint is step {last}")
+
+    def _save(self, manager, root: Path, step: int, args, keep: int) -> None:
+        """Save, wait for the commit, write the checksums (process 0), then prune to ``keep``.
+
+        An operating-system failure (a full disk, ...) removes the step
+        directory and temporary directory this save created and raises one
+        CheckpointError line.
+        """
+        step_dir = root / str(step)
+        if step_dir.exists():
+            foreign = "" if is_jaxseq_step(step_dir) else " and is not a jaxseq checkpoint"
+            raise CheckpointError(f"{step_dir}: already exists{foreign}; move it out of the way and resume")
+        before = {p.name for p in root.iterdir()} if root.is_dir() else set()
+        try:
+            manager.save(step, args=args, force=True)
+            manager.wait_until_finished()
+            if jax.process_index() == 0:
+                write_checksums(step_dir)
+        except Exception as err:
+            reason = os_error_reason(err)
+            if reason is None:
+                raise
+            self._remove_partial(root, step, before)
+            try:
+                manager.reload()
+            except Exception:  # the manager may be unusable now; the error below is what matters
+                pass
+            raise CheckpointError(f"{step_dir}: {reason}; {self._last_complete()}; "
+                                  "free some space and continue with --resume") from None
+        self._prune(root, keep)
+        manager.reload()
+
+    @staticmethod
+    def _remove_partial(root: Path, step: int, before: set[str]) -> None:
+        """Remove what a failed save of ``step`` created under ``root`` (process 0)."""
+        if jax.process_index() != 0 or not root.is_dir():
+            return
+        for child in root.iterdir():
+            if child.name in before:
+                continue
+            if child.name == str(step) or child.name.startswith(f"{step}.orbax-checkpoint-tmp"):
+                shutil.rmtree(child, ignore_errors=True)
+
+    @staticmethod
+    def _prune(root: Path, keep: int) -> None:
+        """Keep the ``keep`` newest complete jaxseq checkpoints under ``root``; remove older jaxseq ones.
+
+        Folders that are not jaxseq checkpoints (:func:`is_jaxseq_step`) are never touched.
+        """
+        if jax.process_index() != 0:
+            return
+        complete = checkpoint_steps(root, complete_only=True)
+        if len(complete) <= keep:
+            return
+        oldest_kept = complete[-keep]
+        for step in checkpoint_steps(root):
+            if step < oldest_kept:
+                _remove_dir(root / str(step))
+
     def save(self, step: int, state: Any, data: dict, manifest: dict) -> None:
-        """Save and wait for the commit, then write the checksums (process 0)."""
-        self.manager.save(step, args=self._args(state, data, manifest), force=True)
-        self.manager.wait_until_finished()
-        if jax.process_index() == 0:
-            write_checksums(self.directory / str(step))
+        """Save and wait for the commit, then write the checksums (process 0) and prune to ``keep``."""
+        self._writer("save a checkpoint")
+        self._save(self.manager, self.directory, step, self._args(state, data, manifest), self.keep)
 
     def save_best(self, step: int, loss: float, state: Any, data: dict, manifest: dict) -> bool:
         """Keep ``state`` under ``best/`` if ``loss`` is the lowest seen so far."""
+        self._writer("save a checkpoint")
         if self.best is None or not loss < self.best_loss:
             return False
+        best = self.directory / "best"
+        if is_jaxseq_step(best / str(step)):    # written by a run that stopped before its next checkpoint
+            if jax.process_index() == 0:
+                _remove_dir(best / str(step))
+            self.best.reload()
+        self._save(self.best, best, step, self._args(state, data, dict(manifest, valid_loss=loss)), 1)
         self.best_loss = loss
-        if step in self.best.all_steps():   # written by a run that stopped before its next checkpoint
-            self.best.delete(step)
-        self.best.save(step, args=self._args(state, data, dict(manifest, valid_loss=loss)), force=True)
-        self.best.wait_until_finished()
-        if jax.process_index() == 0:
-            write_checksums(self.directory / "best" / str(step))
         return True
 
     def wait(self) -> None:
-        self.manager.wait_until_finished()
+        if self.manager is not None:
+            self.manager.wait_until_finished()
 
     def read_manifest(self, step: int) -> dict:
-        path = self.directory / str(step) / "manifest" / "metadata"
+        path = self.directory / str(step) / MANIFEST_ITEM / "metadata"
         try:
             return json.loads(path.read_text(encoding="utf-8"))
         except (OSError, json.JSONDecodeError) as err:
@@ -175,45 +374,60 @@ class Checkpointer:
 
         ``abstract_state`` is a pytree of ``jax.ShapeDtypeStruct`` (with
         shardings) describing the state to restore into. With ``fallback`` a
-        refused latest checkpoint is reported through ``warn``, renamed to
-        ``<step>.refused`` (kept for inspection, out of the way of new saves),
-        and the newest older one that passes is restored instead.
+        refused latest checkpoint is reported through ``warn`` and the newest
+        older one that passes is restored instead; a writer also renames the
+        refused one to ``<step>.refused`` (``.refused.1``, ... if taken),
+        kept for inspection, out of the way of new saves. A reader renames
+        nothing, and moves on without a word when a checkpoint it was reading
+        is pruned by a running trainer.
         """
         self.wait()
-        steps = self.steps() if step is None else [step]
-        if not steps:
-            raise CheckpointError(f"{self.directory}: no checkpoint to resume from; train without --resume first")
-        for candidate in reversed(steps):
-            try:
-                return self._restore_step(abstract_state, expected, candidate)
-            except CheckpointError as err:
-                older = [s for s in steps if s < candidate]
-                if not fallback or not older:
-                    hint = (f"; add --fallback to restore step {older[-1]} instead"
-                            if older and not fallback else "")
-                    raise CheckpointError(f"{err}{hint}") from None
-                if warn is not None:
-                    warn(f"{err}; falling back to step {older[-1]}")
-                if jax.process_index() == 0:
-                    bad = self.directory / str(candidate)
-                    bad.rename(bad.with_name(f"{candidate}.refused"))
-                self.manager.reload()
-        raise AssertionError("unreachable")
+        for _ in range(20):
+            steps = self.steps() if step is None else [step]
+            if not steps and self.read_only:
+                raise CheckpointError(f"{self.directory}: no complete checkpoint yet; train a model there first "
+                                      "(a running trainer writes one every --checkpoint-every steps)")
+            if not steps:
+                raise CheckpointError(f"{self.directory}: no checkpoint to resume from; train without --resume first")
+            for candidate in reversed(steps):
+                try:
+                    return self._restore_step(abstract_state, expected, candidate)
+                except CheckpointError as err:
+                    if self.read_only and step is None and not (self.directory / str(candidate)).exists():
+                        break                   # pruned by the trainer while we read it: list again
+                    older = [s for s in steps if s < candidate]
+                    if not fallback or not older:
+                        hint = (f"; add --fallback to restore step {older[-1]} instead"
+                                if older and not fallback else "")
+                        raise CheckpointError(f"{err}{hint}") from None
+                    if warn is not None:
+                        warn(f"{err}; falling back to step {older[-1]}")
+                    if not self.read_only and jax.process_index() == 0:
+                        bad = self.directory / str(candidate)
+                        bad.rename(_free_name(bad, ".refused"))
+                    if self.manager is not None:
+                        self.manager.reload()
+        raise CheckpointError(f"{self.directory}: checkpoints keep disappearing while being read "
+                              "(a trainer pruning them); try again")
 
     def _restore_step(self, abstract_state: Any, expected: Manifest, step: int) -> tuple[Any, dict, int]:
         verify_checksums(self.directory / str(step), step)
         expected.check(self.read_manifest(step), step, str(self.directory))
+        args = ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore())
         try:
-            restored = self.manager.restore(step, args=ocp.args.Composite(
-                state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore()))
+            if self.read_only:
+                restored = self._reader.restore(self.directory / str(step), args=args)
+            else:
+                restored = self.manager.restore(step, args=args)
         except Exception as err:  # Orbax raises many types for damaged files
             raise CheckpointError(f"{self.directory}: checkpoint at step {step} cannot be read "
                                   f"({err.__class__.__name__}: {str(err).splitlines()[0][:200]})") from None
         return restored.state, restored.data, step
 
     def close(self) -> None:
-        self.manager.wait_until_finished()
-        self.manager.close()
-        if self.best is not None:
-            self.best.wait_until_finished()
-            self.best.close()
+        if self._reader is not None:
+            self._reader.close()
+        for manager in (self.manager, self.best):
+            if manager is not None:
+                manager.wait_until_finished()
+                manager.close()

@@ -76,16 +76,26 @@ def _add_run_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workdir", type=Path, default=None,
                         help="run directory (default: runs/<task>-<model>-<time>)")
     parser.add_argument("--resume", action="store_true", help="continue the run in --workdir from its latest checkpoint")
+    parser.add_argument("--restart", action="store_true",
+                        help="start the run in --workdir again from step 0 with the flags given now, discarding "
+                             "its checkpoints and logs (e.g. after a stop before the first checkpoint)")
     parser.add_argument("--fallback", action="store_true",
                         help="with --resume: if the latest checkpoint is refused, restore the newest good one")
     parser.add_argument("--allow-data-change", action="store_true",
                         help="with --resume: accept training data whose contents changed since the run started")
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with jaxseq's error form: one line on stderr, exit status 1."""
+
+    def error(self, message: str):
+        self.exit(1, f"jaxseq: error: {self.prog}: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from jaxseq.config import add_arguments
 
-    parser = argparse.ArgumentParser(prog="jaxseq", description="Sequence models in JAX/Flax.")
+    parser = _Parser(prog="jaxseq", description="Sequence models in JAX/Flax.")
     parser.add_argument("--version", action="version", version=f"jaxseq {_version()}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -189,7 +199,8 @@ def _cmd_train(args) -> int:
     run = task.resolve(given, warn_unused=not args.resume)
     workdir = Workdir(args.workdir or default_workdir(task.name, run.model.model))
     options = {"baseline": args.baseline, "sample_length": args.sample} if task.name == "lm" else {}
-    results = runner.train(task, run, workdir, resume=args.resume, given=given, fallback=args.fallback,
+    results = runner.train(task, run, workdir, resume=args.resume, restart=args.restart, given=given,
+                           fallback=args.fallback,
                            allow_data_change=args.allow_data_change, **options)
     return 128 + results["interrupted"] if results.get("interrupted") else 0
 
@@ -269,7 +280,10 @@ def _cmd_data(args) -> int:
 def main(argv: list | None = None) -> int:
     """Run the command line ``argv`` (default ``sys.argv[1:]``); returns the exit status."""
     parser = build_parser()
-    args = parser.parse_args(None if argv is None else [str(a) for a in argv])
+    try:
+        args = parser.parse_args(None if argv is None else [str(a) for a in argv])
+    except SystemExit as stop:            # --help, --version (0) and usage errors (1, one line)
+        return int(stop.code or 0)
     _configure_logging()
     from jaxseq.errors import JaxseqError
 

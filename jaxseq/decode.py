@@ -41,6 +41,8 @@ step.
 from __future__ import annotations
 
 import functools
+import math
+import operator
 from typing import Any, NamedTuple
 
 import flax.linen as nn
@@ -48,6 +50,36 @@ import jax
 import jax.numpy as jnp
 
 Array = jax.Array
+
+
+MAX_SAMPLE_LENGTH = 10_000_000
+
+
+def check_sample_args(length: int, temperature: float, top_k: int) -> None:
+    """ConfigError (one line naming the CLI flag) unless ``1 <= length <= 10_000_000``,
+    ``temperature`` is a finite number ``>= 0`` (0: greedy) and ``top_k`` a whole number ``>= 0`` (0: all)."""
+    from jaxseq.errors import ConfigError
+
+    def whole(x) -> int | None:
+        if isinstance(x, bool):
+            return None
+        try:
+            return operator.index(x)
+        except TypeError:
+            return None
+
+    n = whole(length)
+    if n is None or not 1 <= n <= MAX_SAMPLE_LENGTH:
+        raise ConfigError(f"--length must be at least 1 and at most {MAX_SAMPLE_LENGTH:_}, got {length!r}")
+    try:
+        t = None if isinstance(temperature, bool) else float(temperature)
+    except (TypeError, ValueError):
+        t = None
+    if t is None or not (math.isfinite(t) and t >= 0):
+        raise ConfigError(f"--temperature must be a finite number >= 0 (0: greedy), got {temperature!r}")
+    k = whole(top_k)
+    if k is None or k < 0:
+        raise ConfigError(f"--top-k must be a whole number >= 0 (0: all tokens), got {top_k!r}")
 
 
 def sample_logits(key: Array, logits: Array, temperature: float | Array = 1.0, top_k: int = 0) -> Array:
@@ -84,8 +116,11 @@ def generate(model: nn.Module, params: Any, prefix: Array, length: int, *, key: 
 
     The state is warmed up on ``prefix[:, :-1]`` (RNN: the hidden state;
     Transformer: the key/value cache, in one prefill call), then each step
-    feeds the last token and samples the next.
+    feeds the last token and samples the next. Refuses a length outside
+    ``1 .. 10_000_000``, a NaN, infinite or negative ``temperature`` and a
+    negative ``top_k`` (:func:`check_sample_args`).
     """
+    check_sample_args(length, temperature, top_k)
     prefix = jnp.asarray(prefix, jnp.int32)
     if prefix.ndim != 2 or prefix.shape[1] < 1:
         raise ValueError("prefix must be (B, P) with P >= 1")

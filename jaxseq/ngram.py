@@ -374,26 +374,37 @@ class NGramLM:
 
     # -- generation --------------------------------------------------------------
     def sample(self, prefix: Sequence[int], length: int, rng: np.random.Generator,
-               temperature: float = 1.0) -> np.ndarray:
+               temperature: float = 1.0, top_k: int = 0) -> np.ndarray:
         """``(length,)`` int32: ``length`` new tokens drawn after ``prefix`` (the prefix is not included).
 
         Each token is drawn from ``P(w | h)^(1/temperature)``, renormalised;
         ``temperature = 0`` takes the most probable token (ties: the lowest id).
+        ``top_k > 0`` first keeps only the ``top_k`` most probable tokens (ties
+        broken towards the lowest id, so exactly ``top_k`` survive) and
+        renormalises over them; ``top_k = 1`` is the greedy choice.
         Deterministic for a given ``rng`` state; tokens of probability 0 are never drawn.
         """
         if not (np.isfinite(temperature) and temperature >= 0):
             raise ConfigError(f"--temperature must be a non-negative number, got {temperature!r}")
+        if isinstance(top_k, bool) or not isinstance(top_k, (int, np.integer)) or top_k < 0:
+            raise ConfigError(f"--top-k must be a non-negative integer (0: all tokens), got {top_k!r}")
         if int(length) < 0:
             raise ConfigError(f"sample length must be non-negative, got {length}")
         history = [int(i) for i in _check_ids(np.asarray(list(prefix)), self.vocab_size,
                                               "n-gram sampling prefix")]
         keep = self.order - 1
+        k = int(top_k)
         out = np.empty(int(length), np.int32)
         for i in range(int(length)):
             p = self.distribution(history[len(history) - min(len(history), keep):])
             if temperature == 0:
                 w = int(np.argmax(p))
             else:
+                if 0 < k < self.vocab_size:
+                    # the k most probable ids, ties to the lowest id (a stable sort of -p)
+                    dropped = np.argsort(-p, kind="stable")[k:]
+                    p = p.copy()
+                    p[dropped] = 0.0
                 if temperature != 1.0:
                     with np.errstate(divide="ignore"):
                         logits = np.log(p) / temperature

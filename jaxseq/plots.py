@@ -76,12 +76,9 @@ def learning_curve(metrics_path: str | os.PathLike, path: str | os.PathLike,
     A log-scaled y axis, since perplexity falls over orders of magnitude at
     first. Validation records that carry ``bleu`` get a second panel.
     """
-    import json
+    from jaxseq.train import MetricsLog
 
-    records = []
-    p = Path(metrics_path)
-    if p.exists():
-        records = [json.loads(line) for line in p.read_text(encoding="utf-8").splitlines() if line.strip()]
+    records = MetricsLog.read(Path(metrics_path))      # a torn last line (a full disk) is skipped
     train = [(r["step"], r["perplexity"]) for r in records if r.get("split") == "train"]
     valid = [(r["step"], r["perplexity"]) for r in records if r.get("split") == "valid"]
     bleu = [(r["step"], r["bleu"]) for r in records if r.get("split") == "valid" and "bleu" in r]

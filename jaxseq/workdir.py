@@ -8,12 +8,28 @@
       model.npz       the n-gram model
       results.json    the final validation results
       curve.png       the learning curve
+      .jaxseq         the ownership marker (JSON: format, version, created), written when jaxseq takes the directory
+      .jaxseq.lock    the writer lock (``flock``), recording the holder's PID, host and start time
+
+A work directory is owned (DESIGN.md, principle 7). jaxseq writes only into a
+directory that is new, empty, or already marked as its own (``.jaxseq``, or
+``config.json`` of a jaxseq run for directories written before the marker
+existed); anything else is refused before a byte is written. One writer at a
+time: a trainer holds an exclusive, non-blocking ``flock`` on ``.jaxseq.lock``
+for as long as it runs, and the operating system releases it when the process
+ends however it ends (``kill -9`` included), so a stale lock cannot exist.
+Readers (evaluate, generate, translate) take no lock and write nothing.
 """
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import json
 import os
+import shutil
+import socket
+import sys
 import tempfile
 import time
 from dataclasses import fields
@@ -57,6 +73,151 @@ def merge_resumed(saved: dict, given: dict[str, Any], sections: dict[str, type])
     return merged
 
 
+MARKER = ".jaxseq"
+LOCK = ".jaxseq.lock"
+MARKER_FORMAT = "jaxseq-workdir"
+MARKER_VERSION = 1
+
+
+class WorkdirBusy(CheckpointError):
+    """Another process holds the work directory's writer lock."""
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S %z")
+
+
+def _holder_text(info: dict | None) -> str:
+    if not info:
+        return "another process (which has not recorded its PID yet)"
+    host = info.get("host")
+    where = "" if not host or host == socket.gethostname() else f" on {host}"
+    return f"PID {info.get('pid', '?')}{where}, started {info.get('started', '?')}"
+
+
+def read_lock_holder(path: str | os.PathLike) -> dict | None:
+    """What ``WORKDIR/.jaxseq.lock`` records about its last holder (None if nothing readable).
+
+    Only meaningful while the lock is held (see :meth:`WorkdirLock.held`):
+    a released lock file is emptied, but one whose holder was killed keeps
+    its (now stale) record.
+    """
+    try:
+        info = json.loads((Path(path) / LOCK).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return info if isinstance(info, dict) else None
+
+
+class WorkdirLock:
+    """The exclusive writer lock of a work directory (``flock`` on ``WORKDIR/.jaxseq.lock``).
+
+    ``acquire()`` never waits: if another process holds the lock it raises
+    :class:`WorkdirBusy`, one line naming the directory and the holder's PID
+    and start time. The holder's PID, host, start time and command line are
+    written into the lock file. The kernel drops the lock when the holding
+    process exits or is killed; :meth:`release` (or leaving the ``with``
+    block) drops it earlier and empties the file. The lock file itself is
+    kept (deleting a lock file others may have open would let two processes
+    lock two different files).
+
+    ``create=True`` creates the directory (and its parents) if needed;
+    ``discard_if_unused=True`` removes, on release, a directory this lock
+    created if it then holds nothing but the marker and the lock file (a
+    run refused after taking the lock leaves nothing behind).
+    ``enabled=False`` makes every method a no-op (processes other than 0 of
+    a multi-host run, which write nothing).
+    """
+
+    def __init__(self, path: str | os.PathLike, *, create: bool = True, discard_if_unused: bool = False,
+                 enabled: bool = True):
+        self.path = Path(path)
+        self.create, self.discard_if_unused, self.enabled = create, discard_if_unused, enabled
+        self._fd: int | None = None
+        self._created_dir = False
+
+    @property
+    def file(self) -> Path:
+        return self.path / LOCK
+
+    def held(self) -> bool:
+        """True while this object holds the lock."""
+        return self._fd is not None
+
+    def acquire(self) -> "WorkdirLock":
+        if not self.enabled or self._fd is not None:
+            return self
+        if not self.path.is_dir():
+            if self.path.exists():
+                raise CheckpointError(f"{self.path}: is a file, not a work directory; choose another --workdir")
+            if not self.create:
+                raise CheckpointError(f"{self.path}: no such work directory; train a model there first")
+            try:
+                self.path.mkdir(parents=True)
+                self._created_dir = True
+            except FileExistsError:
+                pass
+            except OSError as err:
+                raise CheckpointError(f"{self.path}: cannot create the work directory ({err.strerror})") from None
+        for _ in range(10):
+            try:
+                fd = os.open(self.file, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o644)
+            except OSError as err:
+                raise CheckpointError(f"{self.file}: cannot open the lock file ({err.strerror}); "
+                                      "is the work directory writable?") from None
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError as err:
+                os.close(fd)
+                if err.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                    raise CheckpointError(f"{self.file}: cannot lock ({err.strerror})") from None
+                raise WorkdirBusy(
+                    f"{self.path}: in use by another jaxseq process ({_holder_text(read_lock_holder(self.path))}); "
+                    "wait for it to finish or stop it, or choose another --workdir") from None
+            try:    # the file we locked must still be the one at the path (a discarding holder unlinks it)
+                same = os.path.samestat(os.fstat(fd), os.stat(self.file))
+            except FileNotFoundError:
+                same = False
+            if same:
+                break
+            os.close(fd)
+        else:
+            raise WorkdirBusy(f"{self.path}: the lock file keeps changing under us; another process is "
+                              "taking and discarding the directory; try again")
+        self._fd = fd
+        info = {"pid": os.getpid(), "host": socket.gethostname(), "started": _now(), "time": time.time(),
+                "command": " ".join(sys.argv)[:500]}
+        try:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, (json.dumps(info, sort_keys=True) + "\n").encode("utf-8"), 0)
+        except OSError:
+            pass    # the record is informative; the lock itself is held
+        return self
+
+    def release(self) -> None:
+        if self._fd is None:
+            return
+        fd, self._fd = self._fd, None
+        try:
+            if self.discard_if_unused and self._created_dir and \
+                    {p.name for p in self.path.iterdir()} <= {MARKER, LOCK}:
+                for name in (MARKER, LOCK):
+                    (self.path / name).unlink(missing_ok=True)
+                self.path.rmdir()
+            else:
+                os.ftruncate(fd, 0)
+        except OSError:
+            pass
+        finally:
+            os.close(fd)   # drops the flock
+
+    def __enter__(self) -> "WorkdirLock":
+        return self.acquire()
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+
 def default_workdir(task: str, model: str) -> Path:
     return Path("runs") / f"{task}-{model}-{time.strftime('%Y%m%d-%H%M%S')}"
 
@@ -84,6 +245,113 @@ class Workdir:
     def metrics(self) -> Path:
         return self.file("metrics.jsonl")
 
+    @property
+    def marker(self) -> Path:
+        return self.file(MARKER)
+
+    # -- ownership and the writer lock ---------------------------------------------
+    def read_marker(self) -> dict | None:
+        """The ownership marker's content, or None if there is no valid marker."""
+        try:
+            data = json.loads(self.marker.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return None
+        return data if isinstance(data, dict) and data.get("format") == MARKER_FORMAT else None
+
+    def _legacy(self) -> bool:
+        """A run written before the marker existed: a jaxseq ``config.json`` (a dict with "task")."""
+        try:
+            config = json.loads(self.config_path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return False
+        return isinstance(config, dict) and "task" in config
+
+    def is_owned(self) -> bool:
+        """True if the directory is jaxseq's: it holds the marker, or (legacy) a jaxseq ``config.json``.
+
+        A nonexistent or empty directory is not owned yet but may be claimed
+        (:meth:`check_claimable`, :meth:`claim`).
+        """
+        return self.path.is_dir() and (self.read_marker() is not None or self._legacy())
+
+    def check_claimable(self) -> None:
+        """Raise CheckpointError (one line) unless jaxseq may write here: the path does not
+        exist, is an empty directory (a lone lock file counts as empty) or is owned. Reads only."""
+        if not self.path.exists():
+            return
+        if not self.path.is_dir():
+            raise CheckpointError(f"{self.path}: is a file, not a work directory; choose another --workdir")
+        if self.is_owned():
+            return
+        try:
+            entries = sorted(p.name for p in self.path.iterdir() if p.name != LOCK)
+        except OSError as err:
+            raise CheckpointError(f"{self.path}: cannot be read ({err.strerror}); choose another --workdir") from None
+        if not entries:
+            return
+        shown = ", ".join(entries[:3]) + (", ..." if len(entries) > 3 else "")
+        what = (f"its {MARKER} is not a jaxseq marker" if MARKER in entries else f"it has no {MARKER} marker")
+        raise CheckpointError(f"{self.path}: not a jaxseq work directory ({len(entries)} entries: {shown}; {what}); "
+                              "jaxseq writes only into a new or empty directory or one it created; "
+                              "choose another --workdir")
+
+    def write_marker(self) -> dict:
+        """Write the ownership marker (atomically) if there is none yet; returns the marker."""
+        existing = self.read_marker()
+        if existing is not None:
+            return existing
+        marker = {"format": MARKER_FORMAT, "version": MARKER_VERSION, "created": _now(),
+                  "adopted": self._legacy()}
+        fd, tmp = tempfile.mkstemp(prefix=f"{MARKER}.", suffix=".tmp", dir=self.path)
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                f.write(json.dumps(marker, sort_keys=True) + "\n")
+            os.replace(tmp, self.marker)
+        except OSError as err:
+            Path(tmp).unlink(missing_ok=True)
+            raise CheckpointError(f"{self.marker}: cannot write the ownership marker ({err.strerror})") from None
+        return marker
+
+    def claim(self) -> dict:
+        """Make the directory jaxseq's: refuse a foreign one (nothing written, nothing deleted),
+        create it if needed and write the marker if missing. Returns the marker.
+
+        Without the writer lock two processes could claim at once; a writer
+        should use :meth:`lock`, which claims while holding the lock.
+        """
+        self.check_claimable()
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise CheckpointError(f"{self.path}: cannot create the work directory ({err.strerror})") from None
+        return self.write_marker()
+
+    def lock(self, *, create: bool = True, discard_if_unused: bool = True) -> WorkdirLock:
+        """Take the writer lock (a :class:`WorkdirLock`, also a context manager) and claim the directory.
+
+        Refuses a foreign directory before writing anything
+        (:meth:`check_claimable`), creates a missing one (unless
+        ``create=False``), takes the lock (:class:`WorkdirBusy` if another
+        process holds it) and then writes the marker if it is missing, which
+        also adopts a legacy run directory. With ``discard_if_unused`` a
+        directory created here that still holds only the marker and the lock
+        when the lock is released is removed again. Only process 0 of a
+        multi-host run locks; elsewhere the returned lock does nothing.
+        """
+        enabled = _is_writer()
+        if enabled:
+            self.check_claimable()
+        lock = WorkdirLock(self.path, create=create, discard_if_unused=discard_if_unused, enabled=enabled)
+        lock.acquire()
+        if enabled:
+            try:
+                self.check_claimable()    # re-checked under the lock
+                self.write_marker()
+            except BaseException:
+                lock.release()
+                raise
+        return lock
+
     # -- reading and writing ----------------------------------------------------
     def exists(self) -> bool:
         return self.config_path.exists()
@@ -92,11 +360,18 @@ class Workdir:
         """Write atomically (a temporary file renamed into place), on process 0 only."""
         if not _is_writer():
             return
-        self.path.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=self.path)
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(dumps(data) + "\n")
-        os.replace(tmp, self.file(name))
+        tmp = None
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=self.path)
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                f.write(dumps(data) + "\n")
+            os.replace(tmp, self.file(name))
+        except OSError as err:
+            if tmp is not None:
+                Path(tmp).unlink(missing_ok=True)
+            raise CheckpointError(f"{self.file(name)}: {err.strerror or err}; not written "
+                                  "(the previous version, if any, is intact)") from None
 
     def read_json(self, name: str) -> Any:
         path = self.file(name)
@@ -129,18 +404,24 @@ class Workdir:
                                   "pick the right --workdir")
         return config
 
-    def plan(self, config: dict, *, resume: bool, given: dict[str, Any] | None = None,
+    def plan(self, config: dict, *, resume: bool, restart: bool = False, given: dict[str, Any] | None = None,
              sections: dict[str, type] | None = None) -> dict:
-        """The config a new or resumed run will use; checks, but writes nothing.
+        """The config a new, restarted or resumed run will use; checks, but writes nothing.
 
-        A new run refuses a directory that already holds one. On ``resume``
-        the saved config wins; the flags given now (``given``, by field name)
-        must agree with it except those declared ``resumable`` on their field
-        (run length and logistics), which are updated. ``sections`` maps
-        each section name of the config to its dataclass. Write the result
-        with :meth:`save_config` once the data and model have been checked,
-        so a refused run leaves nothing behind.
+        A new run refuses a directory that already holds one (``restart``
+        takes its place: see :meth:`discard_run`). On ``resume`` the saved
+        config wins; the flags given now (``given``, by field name) must
+        agree with it except those declared ``resumable`` on their field (run
+        length and logistics), which are updated. ``sections`` maps each
+        section name of the config to its dataclass. Write the result with
+        :meth:`save_config` once the data and model have been checked, so a
+        refused run leaves nothing behind.
         """
+        if restart:
+            if self.exists() and self.config().get("task") != config["task"]:
+                raise CheckpointError(f"{self.path}: holds a {self.config()['task']} run, not {config['task']}; "
+                                      "--restart restarts a run of the same task")
+            return config
         if not resume:
             if _is_writer() and self.exists():
                 old = self.config()
@@ -154,6 +435,21 @@ class Workdir:
         if saved["task"] != config["task"]:
             raise CheckpointError(f"{self.path}: holds a {saved['task']} run, not {config['task']}")
         return merge_resumed(saved, given or {}, sections or {})
+
+    RUN_FILES = ("config.json", "metrics.jsonl", "results.json", "curve.png", "model.npz")
+
+    def discard_run(self, vocab_files: tuple[str, ...] = ()) -> None:
+        """Remove the run's own files (config, vocabularies, logs, results, checkpoints), nothing else.
+
+        Called under the writer lock by ``--restart``; the marker, the lock
+        and any file jaxseq did not write stay.
+        """
+        if not _is_writer():
+            return
+        for name in self.RUN_FILES + tuple(vocab_files):
+            self.file(name).unlink(missing_ok=True)
+        if self.checkpoints.exists():
+            shutil.rmtree(self.checkpoints)
 
     def save_config(self, config: dict) -> None:
         self.write_json("config.json", config)

@@ -198,7 +198,7 @@ def sample_text(loaded: runner.Loaded, prefix: str, length: int, *, seed: int = 
     if len(ids) == 0:
         raise DataError("--prefix is empty after preprocessing and tokenization; give some text")
     if loaded.params is None:
-        out = loaded.model.sample(ids, length, np.random.default_rng(seed), temperature=temperature or 1e-6,
+        out = loaded.model.sample(ids, length, np.random.default_rng(seed), temperature=temperature,
                                   top_k=top_k)
     else:
         out = np.asarray(decode.generate(loaded.model, loaded.params, ids[None], length,

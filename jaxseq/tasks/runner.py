@@ -241,15 +241,21 @@ def _saved_vocabs(task: Task, workdir: Workdir) -> dict[str, Vocab]:
     return out
 
 
-def train(task: Task, run: Run, workdir: Workdir, *, resume: bool = False, given: Mapping[str, Any] | None = None,
-          fallback: bool = False, allow_data_change: bool = False, echo: Echo = echo_stdout,
-          **options: Any) -> dict:
+def train(task: Task, run: Run, workdir: Workdir, *, resume: bool = False, restart: bool = False,
+          given: Mapping[str, Any] | None = None, fallback: bool = False, allow_data_change: bool = False,
+          echo: Echo = echo_stdout, **options: Any) -> dict:
     """Train ``run`` into ``workdir`` (or continue it with ``resume``); returns the results.
 
+    The work directory is claimed and locked for the whole run (one writer;
+    a foreign directory is refused before anything is written). ``restart``
+    starts the run in ``workdir`` again from step 0 with ``run``'s settings,
+    discarding the old run's own files once the new data has been checked.
     ``given``: the flags given now by field name (on resume they must agree
     with the saved run, except the resumable ones, which update it).
     ``options``: the task's own report options (e.g. the LM's ``baseline``).
     """
+    if resume and restart:
+        raise ConfigError("give --resume (continue the run) or --restart (start it again), not both")
     run.validate()
     # a data file is saved by its absolute path: readers may run from another directory
     run = Run(run.task, dict(run.sections, data=dataclasses.replace(
@@ -258,21 +264,29 @@ def train(task: Task, run: Run, workdir: Workdir, *, resume: bool = False, given
     if "data" in given:
         given["data"] = absolute_data(given["data"], task.builtin_data)
     parallel.initialize(run.parallel)     # before anything touches a device
-    config = workdir.plan(run.to_dict(), resume=resume, given=given, sections=task.sections)
-    run = task.run_from_dict(config, str(workdir.config_path))
-    vocabs = _saved_vocabs(task, workdir) if resume else None
-    data = task.load_data(run, vocabs)            # refuses bad data before anything is written
-    echo(f"{task.data_noun}: {task.describe_data(data)}")
-    spec = run.spec
-    task.check_data(run, data)
-    workdir.save_config(config)
-    vocabs = task.vocabs(data)
-    if not resume and jax.process_index() == 0:
-        for name, vocab in vocabs.items():
-            vocab.save(workdir.file(name))
-    if not spec.neural:
-        return task.fit_counts(run, data, workdir, echo)
+    with workdir.lock():
+        config = workdir.plan(run.to_dict(), resume=resume, restart=restart, given=given, sections=task.sections)
+        run = task.run_from_dict(config, str(workdir.config_path))
+        vocabs = _saved_vocabs(task, workdir) if resume else None
+        data = task.load_data(run, vocabs)            # refuses bad data before anything is written
+        echo(f"{task.data_noun}: {task.describe_data(data)}")
+        task.check_data(run, data)
+        if restart:
+            workdir.discard_run(task.vocab_files)
+        workdir.save_config(config)
+        vocabs = task.vocabs(data)
+        if not resume and jax.process_index() == 0:
+            for name, vocab in vocabs.items():
+                vocab.save(workdir.file(name))
+        if not run.spec.neural:
+            return task.fit_counts(run, data, workdir, echo)
+        return _train_neural(task, run, data, vocabs, workdir, resume=resume, fallback=fallback,
+                             allow_data_change=allow_data_change, echo=echo, options=options)
 
+
+def _train_neural(task: Task, run: Run, data: Any, vocabs: dict[str, Vocab], workdir: Workdir, *, resume: bool,
+                  fallback: bool, allow_data_change: bool, echo: Echo, options: dict) -> dict:
+    spec = run.spec
     mesh = parallel.mesh_from_config(run.parallel)
     parallel.check_batch_size(run.data.batch_size, mesh)
     model = spec.build(run, task.vocab_sizes(vocabs))
@@ -280,10 +294,11 @@ def train(task: Task, run: Run, workdir: Workdir, *, resume: bool = False, given
     total_steps = run.train.total_steps(batches.batches_per_epoch, spec.steps or task.default_steps)
     tx = make_optimizer(run.optim, total_steps)
     state = trainer.create_state(model, tx, task.train_batches(run, data).batch(0, 0), run.train.seed, mesh,
-                               task.initial_carry(run, model))
+                                 task.initial_carry(run, model))
     eval_carry = task.initial_carry(run, model)       # its own buffers: the train step donates the state's
     eval_carry = None if eval_carry is None else parallel.shard_tree_along_batch(eval_carry, mesh)
-    expected = manifest(run, vocabs, state.params, None if allow_data_change else task.data_fingerprint(data))
+    fingerprint = task.data_fingerprint(data)
+    expected = manifest(run, vocabs, state.params, None if allow_data_change else fingerprint)
     before = task.before_training(run, data, options, echo)
 
     checkpointer = Checkpointer(workdir.checkpoints, keep=run.train.keep, keep_best=run.train.keep_best)
@@ -296,17 +311,16 @@ def train(task: Task, run: Run, workdir: Workdir, *, resume: bool = False, given
             state, data_state, step = checkpointer.restore(trainer.abstract_state(state), expected,
                                                            fallback=fallback, warn=warn)
             batches.set_state(data_state)
-            metrics_log.truncate_after(step)
+            metrics_log.truncate_after(step, warn=warn)
             echo(f"resumed from step {step}")
-        if allow_data_change:       # the new data's fingerprint goes into the checkpoints from now on
-            expected = dataclasses.replace(expected, data=task.data_fingerprint(data))
+        expected = dataclasses.replace(expected, data=fingerprint)    # what the checkpoints from now on hold
         echo(f"model: {spec.name}, {count_params(state.params):,} parameters; "
              f"{task.describe_steps(run, batches, total_steps)} on {mesh.devices.size} device(s)")
+        shard = (jax.process_index(), jax.process_count())
         result = trainer.fit(model, state, tx, batches, total_steps=total_steps, config=run.train, mesh=mesh,
-                           valid_batches=task.valid_batches(run, data, shard=(jax.process_index(),
-                                                                              jax.process_count())),
-                           eval_carry=eval_carry, checkpointer=checkpointer, manifest=expected.to_dict(),
-                           metrics_log=metrics_log, extra_eval=task.extra_eval(run, data, model), echo=echo)
+                             valid_batches=task.valid_batches(run, data, shard=shard), eval_carry=eval_carry,
+                             checkpointer=checkpointer, manifest=expected.to_dict(), metrics_log=metrics_log,
+                             extra_eval=task.extra_eval(run, data, model), echo=echo)
     finally:
         checkpointer.close()
 
