@@ -97,9 +97,13 @@ class Manifest:
                 raise CheckpointError(f"{where}: checkpoint at step {step} belongs to {_WHAT[key]} ({field}: "
                                       f"checkpoint {_short(a)} vs now {_short(b)}); "
                                       + _DO.get(key, "use a new --workdir or the matching data and flags"))
-        if saved.get("params") != self.params:
-            a, b = saved.get("params", {}), self.params
-            name = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))[0]
+        if "params" not in saved:
+            raise CheckpointError(f"{where}: checkpoint at step {step} has no params in its manifest; "
+                                  "it was not written by this jaxseq")
+        a, b = saved["params"], self.params
+        diff = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
+        if diff:
+            name = diff[0]
             raise CheckpointError(f"{where}: checkpoint at step {step} has parameter {name} as "
                                   f"{a.get(name, 'missing')} but the model has {b.get(name, 'missing')}; "
                                   + _DO["params"])

@@ -91,10 +91,18 @@ def test_allocator_policy_follows_the_model_also_on_resume(tmp_path):
     """glibc's malloc is tuned for Transformer training only (jaxseq/memory.py), also when --resume
     takes the model from the run's config.json."""
     parser = cli.build_parser()
-    assert cli._trains_transformer(parser.parse_args(["train", "lm", "--model", "transformer"]))
-    assert not cli._trains_transformer(parser.parse_args(["train", "lm"]))
+    tuned = lambda argv: getattr(cli._train_spec(parser.parse_args(argv)), "tuned_allocator", False)
+    assert tuned(["train", "lm", "--model", "transformer"]) and tuned(["train", "translate", "--model", "transformer"])
+    assert not tuned(["train", "lm"]) and not tuned(["train", "translate"])
     (tmp_path / "config.json").write_text('{"task": "lm", "model": {"model": "transformer"}}', encoding="utf-8")
-    resumed = parser.parse_args(["train", "lm", "--workdir", str(tmp_path), "--resume"])
-    assert cli._trains_transformer(resumed)
-    assert not cli._trains_transformer(parser.parse_args(["train", "lm", "--workdir", str(tmp_path / "x"),
-                                                          "--resume"]))
+    assert tuned(["train", "lm", "--workdir", str(tmp_path), "--resume"])
+    assert not tuned(["train", "lm", "--workdir", str(tmp_path / "x"), "--resume"])
+
+
+def test_usage_errors_are_one_line_with_status_1(capsys):
+    assert cli.main(["train", "lm", "--model", "foo"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("jaxseq: error: jaxseq train lm: argument --model: invalid choice")
+    assert cli.main(["generate", "--workdir", "w", "--prefix", "a", "--length", "x"]) == 1
+    assert "invalid int value: 'x'" in capsys.readouterr().err
+    assert cli.main(["--version"]) == 0

@@ -263,7 +263,8 @@ WRITER_LOOP = """
     ckpt = Checkpointer(sys.argv[1], keep=2)
     for step in range(1, int(sys.argv[2]) + 1):
         ckpt.save(step, {"w": jnp.full((20000,), step, jnp.float32), "step": jnp.int32(step)},
-                  {"position": step}, {"task": "lm", "model": {"hidden": 4}, "vocab": "abc", "step": step})
+                  {"position": step}, {"task": "lm", "model": {"hidden": 4}, "vocab": "abc", "params": {}, "data": "d",
+                   "step": step})
         print(step, flush=True)
     ckpt.close()
 """
@@ -407,7 +408,7 @@ FULL_DISK = """
     from jaxseq.checkpoint import Checkpointer
     from jaxseq.errors import JaxseqError
     from jaxseq.train import MetricsLog
-    manifest = {"task": "lm", "model": {"hidden": 4}, "vocab": "abc"}
+    manifest = {"task": "lm", "model": {"hidden": 4}, "vocab": "abc", "params": {}, "data": "d"}
     ckpt = Checkpointer(sys.argv[1], keep=3)
     log = MetricsLog(sys.argv[2])
     for step in (1, 2):

@@ -198,11 +198,9 @@ CELLS: dict[str, Cell] = {"rnn": RNN, "gru": GRU, "lstm": LSTM}
 
 def get_cell(name: str, activation: str = "tanh") -> Cell:
     """The cell ``name`` (``rnn``, ``gru``, ``lstm``); ``activation`` is the plain RNN's phi."""
-    if name == "rnn":
-        return rnn_cell(activation)
     if name not in CELLS:
         raise ConfigError(f"unknown cell {name!r}; choose one of {', '.join(CELLS)}")
-    return CELLS[name]
+    return rnn_cell(activation) if CELLS[name] is RNN else CELLS[name]
 
 
 # --------------------------------------------------------------------------------------
