@@ -50,7 +50,9 @@ import json
 import os
 import re
 import shutil
+import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -203,6 +205,51 @@ def _free_name(path: Path, suffix: str) -> Path:
     return candidate
 
 
+class _held_stderr:
+    """Hold what is written to file descriptor 2 while a save runs; pass it on unless :meth:`discard` is called.
+
+    A write that fails deep in Orbax and TensorStore (a full disk) prints
+    tracebacks from their threads, some straight to the descriptor; jaxseq
+    reports the failure as one line instead, so that output is dropped. A
+    save that succeeds passes on whatever was written, unchanged.
+    """
+
+    def __enter__(self) -> "_held_stderr":
+        sys.stderr.flush()
+        self._file = tempfile.TemporaryFile()
+        self._saved = os.dup(2)
+        os.dup2(self._file.fileno(), 2)
+        self._keep = True
+        return self
+
+    def discard(self, settle: float = 0.3, most: float = 5.0) -> None:
+        """Drop what was held, after the failing threads have gone quiet (nothing new for ``settle`` s)."""
+        self._keep = False
+        deadline, size, quiet_since = time.monotonic() + most, -1, time.monotonic()
+        while time.monotonic() < deadline:
+            now = os.fstat(self._file.fileno()).st_size
+            if now != size:
+                size, quiet_since = now, time.monotonic()
+            elif time.monotonic() - quiet_since >= settle:
+                break
+            time.sleep(0.05)
+
+    def release(self) -> None:
+        self._keep = True
+
+    def __exit__(self, *exc) -> bool:
+        sys.stderr.flush()
+        os.dup2(self._saved, 2)
+        os.close(self._saved)
+        if self._keep:
+            self._file.seek(0)
+            held = self._file.read()
+            if held:
+                os.write(2, held)
+        self._file.close()
+        return False
+
+
 class Checkpointer:
     """Saves and restores ``(state, data position, manifest)`` under ``directory``.
 
@@ -275,9 +322,11 @@ class Checkpointer:
             raise CheckpointError(f"{self.directory}: opened read-only; cannot {what}")
 
     def _last_complete(self) -> str:
+        """Where the run stands after a failed save, and the command that continues it."""
         last = latest_complete_step(self.directory)
-        return ("no complete checkpoint has been written yet" if last is None
-                else f"the last complete checkpoint is step {last}")
+        if last is None:
+            return "no complete checkpoint has been written yet; free some space and start again with --restart"
+        return f"the last complete checkpoint is step {last}; free some space and continue with --resume"
 
     def _save(self, manager, root: Path, step: int, args, keep: int) -> None:
         """Save, wait for the commit, write the checksums (process 0), then prune to ``keep``.
@@ -291,22 +340,24 @@ class Checkpointer:
             foreign = "" if is_jaxseq_step(step_dir) else " and is not a jaxseq checkpoint"
             raise CheckpointError(f"{step_dir}: already exists{foreign}; move it out of the way and resume")
         before = {p.name for p in root.iterdir()} if root.is_dir() else set()
-        try:
-            manager.save(step, args=args, force=True)
-            manager.wait_until_finished()
-            if jax.process_index() == 0:
-                write_checksums(step_dir)
-        except Exception as err:
-            reason = os_error_reason(err)
-            if reason is None:
-                raise
-            self._remove_partial(root, step, before)
+        with _held_stderr() as held:
             try:
-                manager.reload()
-            except Exception:  # the manager may be unusable now; the error below is what matters
-                pass
-            raise CheckpointError(f"{step_dir}: {reason}; {self._last_complete()}; "
-                                  "free some space and continue with --resume") from None
+                manager.save(step, args=args, force=True)
+                manager.wait_until_finished()
+                if jax.process_index() == 0:
+                    write_checksums(step_dir)
+            except Exception as err:
+                reason = os_error_reason(err)
+                if reason is None:
+                    held.release()
+                    raise
+                self._remove_partial(root, step, before)
+                try:
+                    manager.reload()
+                except Exception:  # the manager may be unusable now; the error below is what matters
+                    pass
+                held.discard()
+                raise CheckpointError(f"{step_dir}: {reason}; {self._last_complete()}") from None
         self._prune(root, keep)
         manager.reload()
 

@@ -24,14 +24,28 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 
 def _configure_logging() -> None:
+    """Keep library logs off the terminal: every failure jaxseq reports is its own one line.
+
+    Orbax logs a failed background write at ERROR (with a traceback) before
+    jaxseq turns it into one line, and TensorStore's callbacks then hit the
+    closed asyncio loop of that write and print ``RuntimeError: Event loop is
+    closed`` through ``sys.excepthook``; both are dropped here.
+    """
     import logging
     for name in ("absl", "orbax", "jax._src.xla_bridge"):
-        logging.getLogger(name).setLevel(logging.ERROR)
+        logging.getLogger(name).setLevel(logging.CRITICAL)
     try:
         from absl import logging as absl_logging
-        absl_logging.set_verbosity(absl_logging.ERROR)
+        absl_logging.set_verbosity(absl_logging.FATAL)
     except ImportError:  # pragma: no cover
         pass
+    previous = sys.excepthook
+
+    def excepthook(kind, value, tb):
+        if kind is RuntimeError and str(value) == "Event loop is closed":
+            return
+        previous(kind, value, tb)
+    sys.excepthook = excepthook
 
 
 # ----------------------------------------------------------------------------------------
@@ -309,5 +323,21 @@ def main(argv: list | None = None) -> int:
         return 1
 
 
+def entry() -> None:
+    """The ``jaxseq`` program: :func:`main`, then exit with its status.
+
+    After a failure has been reported (its one line is on stderr), the rest
+    of stderr is closed: background threads of a failed checkpoint write
+    (TensorStore's callbacks into Orbax's closed event loop) can otherwise
+    print tracebacks while the interpreter shuts down.
+    """
+    code = main()
+    if code:
+        sys.stderr.flush()
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, 2)
+    sys.exit(code)
+
+
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    entry()
