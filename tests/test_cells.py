@@ -66,12 +66,17 @@ def _random_params(cell, key, i=5, h=6):
 
 
 CELL_NAMES = ["rnn", "rnn-relu", "gru", "lstm"]
+
+
+def _cell(name):
+    """The cell a test case names ("rnn-relu": the plain RNN with phi = relu)."""
+    return cells.get_cell("rnn", "relu") if name == "rnn-relu" else cells.get_cell(name)
 VARIANTS = [(layout, backward) for layout in cells.LAYOUTS for backward in cells.BACKWARDS]
 
 
 @pytest.mark.parametrize("name", CELL_NAMES)
 def test_step_matches_numpy(name):
-    cell = cells.get_cell(name)
+    cell = _cell(name)
     p = _random_params(cell, jax.random.PRNGKey(0))
     x = np.random.default_rng(0).normal(size=(3, 5)).astype(np.float32)
     carry = cell.initial_carry(3, 6)
@@ -87,7 +92,7 @@ def test_step_matches_numpy(name):
 @pytest.mark.parametrize("reverse", [False, True])
 def test_run_matches_numpy_with_lengths(name, reverse):
     """The default runner; the other variants are held equal to it below."""
-    cell = cells.get_cell(name)
+    cell = _cell(name)
     p = _random_params(cell, jax.random.PRNGKey(1))
     xs = np.random.default_rng(1).normal(size=(4, 7, 5)).astype(np.float32)
     lengths = np.array([7, 3, 1, 5])
@@ -104,7 +109,7 @@ def test_run_matches_numpy_with_lengths(name, reverse):
 def test_custom_bptt_gradients_check_in_float64(name, layout):
     """Numerical vs analytic gradients (jax.test_util.check_grads) of the hand-written BPTT."""
     backward = "custom"
-    cell = cells.get_cell(name)
+    cell = _cell(name)
     with jax.enable_x64(True):
         p = jax.tree_util.tree_map(lambda a: jnp.asarray(a, jnp.float64),
                                    _random_params(cell, jax.random.PRNGKey(2), i=3, h=4))
@@ -122,7 +127,7 @@ def test_custom_bptt_gradients_check_in_float64(name, layout):
 @pytest.mark.parametrize("name", CELL_NAMES)
 def test_all_variants_agree_in_value_and_gradient(name):
     """Both layouts x both backward passes x remat on/off: one function, one gradient."""
-    cell = cells.get_cell(name)
+    cell = _cell(name)
     p = _random_params(cell, jax.random.PRNGKey(3))
     xs = jax.random.normal(jax.random.PRNGKey(4), (3, 9, 5))
     lengths = jnp.array([9, 4, 6])
@@ -191,7 +196,7 @@ def test_gru_equals_flax_gru_cell_with_mapped_weights():
 @pytest.mark.parametrize("name", ["gru", "lstm"])
 def test_padding_never_changes_a_sequence(name):
     """Appending padding (masked steps) leaves outputs and the final state unchanged."""
-    cell = cells.get_cell(name)
+    cell = _cell(name)
     p = _random_params(cell, jax.random.PRNGKey(8))
     xs = jax.random.normal(jax.random.PRNGKey(9), (2, 5, 5))
     carry, hs = cells.run(cell, p, xs)

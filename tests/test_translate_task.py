@@ -44,13 +44,15 @@ def test_workdir_layout_and_manifest(trained):
         assert (trained / name).exists(), name
     config = json.loads((trained / "config.json").read_text())
     assert config["task"] == "translate" and config["model"]["model"] == "bahdanau"
-    ckpt = Checkpointer(trained / "checkpoints")
+    ckpt = Checkpointer(trained / "checkpoints", read_only=True)
     try:
         manifest = ckpt.read_manifest(ckpt.latest_step())
     finally:
         ckpt.close()
-    assert manifest["vocab"] == {"src": Vocab.load(trained / "src_vocab.json").fingerprint(),
-                                 "tgt": Vocab.load(trained / "tgt_vocab.json").fingerprint()}
+    assert manifest["vocab"] == {"src_vocab.json": Vocab.load(trained / "src_vocab.json").fingerprint(),
+                                 "tgt_vocab.json": Vocab.load(trained / "tgt_vocab.json").fingerprint()}
+    assert manifest["model"]["model"]["model"] == "bahdanau" and manifest["model"]["rnn"]["hidden"] == 32
+    assert len(manifest["data"]) == 64                     # the SHA-256 of the token ids trained on
 
 
 def test_memorises_the_pairs_to_bleu_100(trained, pairs_file, capsys):
@@ -138,7 +140,8 @@ def test_transformer_memorises_the_pairs_and_draws_every_head(pairs_file, tmp_pa
                            "--lr", "0.01", "--steps", "150", "--workdir", workdir)
     assert code == 0 and "model: transformer" in out
     config = json.loads((workdir / "config.json").read_text())
-    assert config["model"]["d_model"] == 32 and config["train"]["label_smoothing"] == 0.05
+    assert config["transformer"]["d_model"] == 32 and config["train"]["label_smoothing"] == 0.05
+    assert "rnn" not in config                      # --embed and --hidden are the RNN models' flags
     code, out, _ = run_cli(capsys, "evaluate", "--workdir", workdir, "--data", pairs_file, "--beam", "3")
     result = json.loads(out.strip().splitlines()[-1])
     assert result["bleu"] == pytest.approx(100.0) and result["exact"] == 1.0
