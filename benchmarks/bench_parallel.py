@@ -30,7 +30,7 @@ cfg = json.loads(sys.argv[1])
 import jax, numpy as np
 from jaxseq import parallel, train
 from jaxseq.data.lm import LMBatches
-from jaxseq.models.lm import LMModelConfig, build_lm
+from jaxseq.tasks.lm import build_lm
 from jaxseq.optim import OptimConfig, make_optimizer
 mesh = parallel.make_mesh(cfg["devices"])
 model = build_lm("gru", cfg["vocab"], hidden=cfg["hidden"], backward=cfg["backward"],

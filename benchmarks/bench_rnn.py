@@ -54,7 +54,7 @@ def make_batches(cfg, n, seed=0):
 def jaxseq_trainer(cfg, steps, backward):
     import jax
     from jaxseq import parallel, train
-    from jaxseq.models.lm import LMModelConfig, build_lm
+    from jaxseq.tasks.lm import build_lm
     from jaxseq.optim import OptimConfig, make_optimizer
 
     mesh = parallel.make_mesh(1)
@@ -148,7 +148,7 @@ def torch_trainer(cfg, steps):
 def _gen_model():
     import jax.numpy as jnp
     from jaxseq import train
-    from jaxseq.models.lm import LMModelConfig, build_lm
+    from jaxseq.tasks.lm import build_lm
     model = build_lm("gru", GEN_VOCAB, hidden=GEN_HIDDEN)
     params = train.init_params(model, {"inputs": np.zeros((1, 4), np.int32)}, 0)
     return model, params, jnp.zeros((1, 4), jnp.int32)

@@ -6,7 +6,7 @@
 # so the achieved times differ by up to ~20% (see experiments/README.md).
 #
 #   bash experiments/minrnn_equal_time.sh [DATA] [OUT]
-#   DATA: builtin (default) or a text file, e.g. /work/shared/data/tinyshakespeare.txt
+#   DATA: builtin (default) or a text file, e.g. ../shared/data/tinyshakespeare.txt
 #   OUT:  where the work directories go (default runs/minrnn)
 set -euo pipefail
 DATA=${1:-builtin}

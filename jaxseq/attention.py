@@ -299,7 +299,7 @@ class Projection(nn.Module):
     """A dense layer ``x W + b`` taken on ``(N, C)``: ``(..., C)`` inputs are flattened first.
 
     (Dense layers on ``(B*T, C)`` were measured 1.35-1.6x faster than on
-    ``(B, T, C)``: XLA transposes 3-D weight gradients; DESIGN.md.)
+    ``(B, T, C)``: XLA transposes 3-D weight gradients; docs/DESIGN.md.)
     """
 
     features: int

@@ -22,7 +22,7 @@ A crash during a save leaves Orbax's temporary directory behind, not a
 checkpoint: the previous checkpoint stays the latest valid one, and the
 leftover is removed when the next writer opens the directory.
 
-Writers and readers (DESIGN.md principle 7). A writing ``Checkpointer`` (the
+Writers and readers (docs/DESIGN.md, principle 7). A writing ``Checkpointer`` (the
 trainer, which holds the work directory's lock, :meth:`jaxseq.workdir.Workdir.lock`)
 removes leftovers, saves, and prunes old checkpoints. A reader
 (``Checkpointer(dir, read_only=True)``: evaluate, generate, translate)

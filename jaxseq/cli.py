@@ -89,7 +89,8 @@ def _add_task_flags(parser: argparse.ArgumentParser, task) -> None:
 def _add_run_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workdir", type=Path, default=None,
                         help="run directory (default: runs/<task>-<model>-<time>)")
-    parser.add_argument("--resume", action="store_true", help="continue the run in --workdir from its latest checkpoint")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue the run in --workdir from its latest checkpoint")
     parser.add_argument("--restart", action="store_true",
                         help="start the run in --workdir again from step 0 with the flags given now, discarding "
                              "its checkpoints and logs (e.g. after a stop before the first checkpoint)")
@@ -107,8 +108,6 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from jaxseq.config import add_arguments
-
     parser = _Parser(prog="jaxseq", description="Sequence models in JAX/Flax.")
     parser.add_argument("--version", action="version", version=f"jaxseq {_version()}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")

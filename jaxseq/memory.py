@@ -14,7 +14,8 @@ The costs: the process keeps its peak heap (it is not returned to the system
 until exit), and XLA's threads share one arena's lock, which slowed the
 small-matrix GRU training step by about 10% (``benchmarks/bench_rnn.py``
 setup, measured 2026-11-27). So the settings are not applied at import:
-``jaxseq train ... --model transformer`` applies them before XLA starts its
+``jaxseq train`` of a model whose registry entry says ``tuned_allocator`` (the
+Transformers) applies them before XLA starts its
 threads, and a program that trains a Transformer through the library calls
 :func:`keep_freed_memory` first thing. ``JAXSEQ_KEEP_MEMORY=0`` turns them
 off; other C libraries (macOS, musl) are left alone.

@@ -46,7 +46,9 @@ class OptimConfig(Config):
     """How parameters are updated."""
 
     optimizer: str = option("adam", "the update rule", choices=OPTIMIZERS)
-    lr: float | None = option(None, "peak learning rate (default: 1.0 for sgd, 2e-3 for adam/adamw)", above=0.0)
+    lr: float | None = option(None, "peak learning rate (default: 1.0 for sgd, 2e-3 for adam/adamw); may change "
+                              "on --resume (a diverged run continues from its last good checkpoint)", above=0.0,
+                              resumable=True)
     schedule: str = option("constant", "learning-rate schedule", choices=SCHEDULES)
     warmup: int = option(0, "linear warmup steps", minimum=0)
     min_lr: float = option(0.0, "final learning rate of the cosine schedule", minimum=0.0)
@@ -55,7 +57,8 @@ class OptimConfig(Config):
     beta2: float = option(0.999, "Adam beta2", minimum=0.0, below=1.0)
     weight_decay: float | None = option(None, "decoupled weight decay of adamw on matrices "
                                         "(default 0.01); not used by sgd/adam", minimum=0.0)
-    clip: float = option(1.0, "clip gradients to this global L2 norm (0 = no clipping)", minimum=0.0)
+    clip: float = option(1.0, "clip gradients to this global L2 norm (0 = no clipping); may change on --resume",
+                         minimum=0.0, resumable=True)
 
     @property
     def peak_lr(self) -> float:

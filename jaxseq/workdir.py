@@ -11,7 +11,7 @@
       .jaxseq         the ownership marker (JSON: format, version, created), written when jaxseq takes the directory
       .jaxseq.lock    the writer lock (``flock``), recording the holder's PID, host and start time
 
-A work directory is owned (DESIGN.md, principle 7). jaxseq writes only into a
+A work directory is owned (docs/DESIGN.md, principle 7). jaxseq writes only into a
 directory that is new, empty, or already marked as its own (``.jaxseq``, or
 ``config.json`` of a jaxseq run for directories written before the marker
 existed); anything else is refused before a byte is written. One writer at a
@@ -225,6 +225,11 @@ def default_workdir(task: str, model: str) -> Path:
 class Workdir:
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
+
+    @classmethod
+    def of(cls, workdir: "str | os.PathLike | Workdir") -> "Workdir":
+        """``workdir`` as a :class:`Workdir` (library functions take a path or a Workdir)."""
+        return workdir if isinstance(workdir, Workdir) else cls(workdir)
 
     def __str__(self) -> str:
         return str(self.path)
@@ -453,3 +458,6 @@ class Workdir:
 
     def save_config(self, config: dict) -> None:
         self.write_json("config.json", config)
+
+
+WorkdirLike = str | os.PathLike | Workdir      # what library functions take as a work directory

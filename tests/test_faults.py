@@ -1,7 +1,6 @@
 """Faults and bad input: kill -9 and resume, SIGTERM, crashes during a save, refused checkpoints, CLI errors."""
 
 import json
-import os
 import shutil
 import signal
 import subprocess
@@ -14,7 +13,6 @@ import numpy as np
 import pytest
 
 from jaxseq import cli
-from jaxseq.checkpoint import Checkpointer
 from jaxseq.manifest import Manifest
 from jaxseq.errors import CheckpointError
 from jaxseq.tasks import lm as lm_task

@@ -58,9 +58,9 @@ def test_field_rules_are_checked_once_with_the_flag_name():
 def test_resumable_flags_are_declared_on_the_fields():
     flags = config_lib.resumable_flags(lm_task.TASK.sections.values())
     for flag in ("--steps", "--epochs", "--time-limit", "--eval-every", "--checkpoint-every", "--log-every",
-                 "--keep", "--progress", "--max-nonfinite", "--devices"):
+                 "--keep", "--progress", "--max-nonfinite", "--devices", "--lr", "--clip"):
         assert flag in flags
-    for flag in ("--hidden", "--lr", "--seq-len", "--data", "--model", "--seed"):
+    for flag in ("--hidden", "--optimizer", "--seq-len", "--data", "--model", "--seed"):
         assert flag not in flags
 
 
@@ -118,11 +118,12 @@ def test_resume_takes_run_length_and_logistics_flags(trained, tmp_path):
     corpus, workdir = trained
     run = tmp_path / "run"
     subprocess.run(["cp", "-r", str(workdir), str(run)], check=True)
-    assert cli.main(["train", "lm", "--workdir", run, "--resume", "--steps", 8, "--time-limit", 60,
+    assert cli.main(["train", "lm", "--workdir", run, "--resume", "--steps", 8, "--time-limit", 60, "--lr", 0.005,
                      "--eval-every", 4, "--checkpoint-every", 4, "--log-every", 1, "--keep", 2,
                      "--no-progress", "--sample", "0", "--no-baseline"]) == 0
     saved = json.loads((run / "config.json").read_text())
     assert (saved["train"]["steps"], saved["train"]["time_limit"], saved["train"]["keep"]) == (8, 60.0, 2)
+    assert saved["optim"]["lr"] == 0.005           # what the non-finite stop's message tells a diverged run to do
     assert json.loads((run / "results.json").read_text())["step"] == 8
     # --epochs replaces --steps on resume
     assert cli.main(["train", "lm", "--workdir", run, "--resume", "--epochs", 1, "--no-progress", "--sample", "0",
@@ -131,7 +132,7 @@ def test_resume_takes_run_length_and_logistics_flags(trained, tmp_path):
     assert saved["train"]["steps"] is None and saved["train"]["epochs"] == 1
 
 
-@pytest.mark.parametrize("flag, value", [("--hidden", "32"), ("--lr", "0.5"), ("--seq-len", "16")])
+@pytest.mark.parametrize("flag, value", [("--hidden", "32"), ("--optimizer", "sgd"), ("--seq-len", "16")])
 def test_resume_refuses_model_and_data_flags(trained, capsys, flag, value):
     corpus, workdir = trained
     before = sorted(p.name for p in workdir.rglob("*"))

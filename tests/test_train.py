@@ -1,6 +1,5 @@
 """The trainer: clipping, exact perplexity, memorisation, exact resume, compile counts, non-finite loss."""
 
-import itertools
 import json
 
 import jax
@@ -10,7 +9,7 @@ import optax
 import pytest
 
 from jaxseq import losses, parallel, train
-from jaxseq.data.lm import LMBatches, LMDataConfig
+from jaxseq.data.lm import LMBatches
 from jaxseq.errors import ConfigError, TrainingError
 from jaxseq.metrics import perplexity
 from jaxseq.tasks.lm import build_lm

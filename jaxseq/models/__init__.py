@@ -1,6 +1,6 @@
 """Models: Flax Linen modules that call the pure functions of jaxseq.
 
-Every model keeps one contract (DESIGN.md):
+Every model keeps one contract (docs/DESIGN.md):
 
 * ``model.apply({"params": p}, batch, train=..., carry=..., rngs=...)`` returns
   ``(logits (B, T, V), carry)``; ``carry`` is the recurrent state after the
@@ -9,4 +9,12 @@ Every model keeps one contract (DESIGN.md):
 * ``model.apply(v, batch, method="decode_init")`` returns a decoding state and
   ``model.apply(v, state, tokens, method="decode_step")`` returns
   ``(logits (B, V), state)``; decode.py is written once against these two.
+
+Each model registers a :class:`~jaxseq.models.registry.ModelSpec` next to
+its code (its config sections, build function, defaults and capabilities);
+``jaxseq.models.get(task, name)`` is how every other part finds it.
 """
+
+from jaxseq.models.registry import ModelSpec, get, names, register, specs
+
+__all__ = ["ModelSpec", "get", "names", "register", "specs"]

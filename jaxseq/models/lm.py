@@ -69,7 +69,8 @@ class RNNLM(CarriedStateLM):
     def setup(self):
         self.embed = nn.Embed(self.vocab_size, self.embedding, name="embed") if self.embedding else None
         self.rnn = StackedRecurrent(cell=self.cell, activation=self.activation, hidden=self.hidden,
-                                    layers=self.layers, dropout=self.dropout, layout=self.layout, backward=self.backward,
+                                    layers=self.layers, dropout=self.dropout, layout=self.layout,
+                                    backward=self.backward,
                                     vocab_size=None if self.embedding else self.vocab_size,
                                     dtype=self.dtype, remat=self.remat, name="rnn")
         self.drop = nn.Dropout(self.dropout)

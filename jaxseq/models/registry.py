@@ -26,7 +26,7 @@ from typing import Any, Callable, Mapping
 from jaxseq.errors import ConfigError
 
 # the modules that register models, imported on first use of the registry
-_MODULES = ("jaxseq.models.lm", "jaxseq.models.minrnn", "jaxseq.models.transformer_lm", "jaxseq.models.ngram_lm",
+_MODULES = ("jaxseq.models.ngram_lm", "jaxseq.models.lm", "jaxseq.models.minrnn", "jaxseq.models.transformer_lm",
             "jaxseq.models.seq2seq")
 
 

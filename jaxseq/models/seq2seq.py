@@ -34,7 +34,7 @@ per sentence, not at every step). The decoder is ONE step function (:class:`Atte
 training scans it over time (``nn.scan``), ``decode_step`` calls it once, so
 training and decoding use the same equations.
 
-The decoding contract (DESIGN.md): ``decode_init({"src", "src_len"})`` encodes
+The decoding contract (docs/DESIGN.md): ``decode_init({"src", "src_len"})`` encodes
 the source into a state whose leaves all have a leading batch axis (beam
 search reorders it), and ``decode_step(state, tokens (B,))`` returns
 ``(logits (B, V), state)``. A model with encoder-decoder attention sows its
@@ -80,7 +80,7 @@ from jaxseq.attention import Projection
 from jaxseq.config import Config, option
 from jaxseq.models.registry import ModelSpec, register
 from jaxseq.models.recurrent import StackedRecurrent, apply_dense_2d
-from jaxseq.transformer import Embedder, Stack, TransformerOptions
+from jaxseq.transformer import Embedder, Stack
 
 Array = jax.Array
 ATTENTION_SCORES = ("additive", "dot")

@@ -21,7 +21,7 @@ from jaxseq.ngram import NGramConfig, NGramLM
 from jaxseq.optim import OptimConfig
 from jaxseq.tasks import runner
 from jaxseq.tasks.runner import Echo, Run
-from jaxseq.workdir import Workdir
+from jaxseq.workdir import Workdir, WorkdirLike
 
 
 class LMTask(runner.Task):
@@ -147,10 +147,11 @@ def build_lm(model: str, vocab_size: int, **flags: Any):
     return run.spec.build(run, (vocab_size,))
 
 
-def train_lm(run: Run, workdir: Workdir, *, resume: bool = False, given: Mapping[str, Any] | None = None,
+def train_lm(run: Run, workdir: WorkdirLike, *, resume: bool = False, given: Mapping[str, Any] | None = None,
              baseline: bool = True, fallback: bool = False, allow_data_change: bool = False,
              sample_length: int = 200, echo: Echo = runner.echo_stdout) -> dict:
     """Train the language model of ``run`` into ``workdir``; returns the results."""
+    workdir = Workdir.of(workdir)
     return runner.train(TASK, run, workdir, resume=resume, given=given, fallback=fallback,
                         allow_data_change=allow_data_change, echo=echo, baseline=baseline,
                         sample_length=sample_length)
@@ -169,12 +170,13 @@ def score_ids(loaded: runner.Loaded, ids: np.ndarray) -> dict:
     return train.evaluate(train.make_eval_step(loaded.model), loaded.params, batches, mesh, carry)
 
 
-def evaluate_lm(workdir: Workdir, data: str | None = None, *, allow_data_change: bool = False) -> dict:
+def evaluate_lm(workdir: WorkdirLike, data: str | None = None, *, allow_data_change: bool = False) -> dict:
     """Perplexity of the run's model on its validation split, or on the text file ``data``.
 
     Scoring the validation split reads the run's data again and refuses it
     if its contents changed since training (unless ``allow_data_change``).
     """
+    workdir = Workdir.of(workdir)
     run, vocabs = runner.load_run(workdir, TASK)
     vocab = vocabs["vocab.json"]
     fingerprint = None
@@ -206,9 +208,10 @@ def sample_text(loaded: runner.Loaded, prefix: str, length: int, *, seed: int = 
     return _detokenize(loaded.run, vocab, np.concatenate([ids, out]))
 
 
-def generate_lm(workdir: Workdir, prefix: str, length: int, *, seed: int = 0, temperature: float = 1.0,
+def generate_lm(workdir: WorkdirLike, prefix: str, length: int, *, seed: int = 0, temperature: float = 1.0,
                 top_k: int = 0) -> str:
     """``prefix`` followed by ``length`` sampled tokens, as text."""
+    workdir = Workdir.of(workdir)
     decode.check_sample_args(length=length, temperature=temperature, top_k=top_k)
     return sample_text(runner.load(workdir, TASK), prefix, length, seed=seed, temperature=temperature,
                        top_k=top_k)

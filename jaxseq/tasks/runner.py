@@ -40,7 +40,7 @@ from jaxseq.manifest import Manifest, tree_signature
 from jaxseq.models import registry
 from jaxseq.models.registry import ModelSpec
 from jaxseq.optim import make_optimizer
-from jaxseq.workdir import Workdir
+from jaxseq.workdir import Workdir, WorkdirLike
 
 Echo = Callable[[str], None]
 
@@ -241,7 +241,7 @@ def _saved_vocabs(task: Task, workdir: Workdir) -> dict[str, Vocab]:
     return out
 
 
-def train(task: Task, run: Run, workdir: Workdir, *, resume: bool = False, restart: bool = False,
+def train(task: Task, run: Run, workdir: WorkdirLike, *, resume: bool = False, restart: bool = False,
           given: Mapping[str, Any] | None = None, fallback: bool = False, allow_data_change: bool = False,
           echo: Echo = echo_stdout, **options: Any) -> dict:
     """Train ``run`` into ``workdir`` (or continue it with ``resume``); returns the results.
@@ -254,6 +254,7 @@ def train(task: Task, run: Run, workdir: Workdir, *, resume: bool = False, resta
     with the saved run, except the resumable ones, which update it).
     ``options``: the task's own report options (e.g. the LM's ``baseline``).
     """
+    workdir = Workdir.of(workdir)
     if resume and restart:
         raise ConfigError("give --resume (continue the run) or --restart (start it again), not both")
     run.validate()
@@ -361,19 +362,21 @@ class Loaded:
     workdir: Workdir
 
 
-def load_run(workdir: Workdir, task: Task) -> tuple[Run, dict[str, Vocab]]:
+def load_run(workdir: WorkdirLike, task: Task) -> tuple[Run, dict[str, Vocab]]:
     """The run and vocabularies of ``workdir``, which must hold a ``task`` run."""
+    workdir = Workdir.of(workdir)
     if not workdir.path.exists():
         raise CheckpointError(f"{workdir.path}: no such work directory; train a model there first")
     run = task.run_from_dict(workdir.config(), str(workdir.config_path))
     return run, _saved_vocabs(task, workdir)
 
 
-def load(workdir: Workdir, task: Task, *, data_fingerprint: str | None = None) -> Loaded:
+def load(workdir: WorkdirLike, task: Task, *, data_fingerprint: str | None = None) -> Loaded:
     """The newest complete checkpoint of ``workdir`` (read-only), or its n-gram model.
 
     ``data_fingerprint``: also refuse a checkpoint trained on other data.
     """
+    workdir = Workdir.of(workdir)
     run, vocabs = load_run(workdir, task)
     spec = run.spec
     if not spec.neural:

@@ -34,7 +34,7 @@ from jaxseq.optim import OptimConfig
 from jaxseq.tasks import runner
 from jaxseq.tasks.runner import Echo, Run, warn, warn_unknown
 from jaxseq.transformer import TransformerOptions
-from jaxseq.workdir import Workdir
+from jaxseq.workdir import Workdir, WorkdirLike
 
 @dataclasses.dataclass(frozen=True)
 class TranslateEvalConfig(Config):
@@ -203,27 +203,30 @@ def build_translation_model(model: str, src_vocab_size: int, tgt_vocab_size: int
     return run.spec.build(run, (src_vocab_size, tgt_vocab_size))
 
 
-def train_translate(run: Run, workdir: Workdir, *, resume: bool = False, given: Mapping[str, Any] | None = None,
+def train_translate(run: Run, workdir: WorkdirLike, *, resume: bool = False, given: Mapping[str, Any] | None = None,
                     fallback: bool = False, allow_data_change: bool = False, echo: Echo = runner.echo_stdout) -> dict:
     """Train the translation model of ``run`` into ``workdir``; returns the results."""
+    workdir = Workdir.of(workdir)
     return runner.train(TASK, run, workdir, resume=resume, given=given, fallback=fallback,
                         allow_data_change=allow_data_change, echo=echo)
 
 
 # -- using a trained run ------------------------------------------------------------------------
 
-def load_model(workdir: Workdir) -> runner.Loaded:
+def load_model(workdir: WorkdirLike) -> runner.Loaded:
     """The run, vocabularies, model and parameters of the newest complete checkpoint in ``workdir``."""
+    workdir = Workdir.of(workdir)
     return runner.load(workdir, TASK)
 
 
-def evaluate_translate(workdir: Workdir, data: str | None = None, *, beam: int | None = None,
+def evaluate_translate(workdir: WorkdirLike, data: str | None = None, *, beam: int | None = None,
                        alpha: float | None = None, allow_data_change: bool = False) -> dict:
     """Loss, corpus BLEU and exact match of the run's model on ``data`` (TSV pairs) or its validation split.
 
     Decoding is greedy unless ``beam`` > 1 (then beam search with ``alpha``,
     default the run's ``--alpha``).
     """
+    workdir = Workdir.of(workdir)
     beam = 1 if beam is None else beam
     run, vocabs = runner.load_run(workdir, TASK)
     src_vocab, tgt_vocab = vocabs[SRC], vocabs[TGT]
@@ -315,7 +318,7 @@ def translate_loaded(loaded: runner.Loaded, sentences: Sequence[str], *, beam: i
     return _translate(loaded, encodings, beam=beam, alpha=alpha, max_len=max_len)[0]
 
 
-def translate_texts(workdir: Workdir, texts: Sequence[str], *, input_file: str | os.PathLike | None = None,
+def translate_texts(workdir: WorkdirLike, texts: Sequence[str], *, input_file: str | os.PathLike | None = None,
                     beam: int = 1, alpha: float = 0.6, max_len: int | None = None,
                     show_attention: str | os.PathLike | None = None) -> list[str]:
     """One translation per sentence (words unknown to the source vocabulary become ``<unk>``, with a warning).
@@ -327,6 +330,7 @@ def translate_texts(workdir: Workdir, texts: Sequence[str], *, input_file: str |
     ``show_attention`` writes the attention heatmap of the first sentence
     (models with attention only).
     """
+    workdir = Workdir.of(workdir)
     run, vocabs = runner.load_run(workdir, TASK)
     max_len = run.data.max_len if max_len is None else max_len
     decode.check_decode_args(max_len, beam, alpha)
