@@ -86,6 +86,10 @@ import numpy as np
 from jaxseq import config as config_lib
 from jaxseq.config import Config, option
 from jaxseq.errors import ConfigError, DataError
+from jaxseq.ngram_counts import check_ids, count_keys, lookup_ranks, ngram_counts, top_ngrams
+
+__all__ = ["NGramConfig", "NGramLM", "kn_discounts", "ngram_counts", "top_ngrams", "SMOOTHING_CHOICES",
+           "FALLBACK_DISCOUNTS"]
 
 SMOOTHING_CHOICES = ("mle", "add-k", "kn")
 FALLBACK_DISCOUNTS = (0.5, 1.0, 1.5)
@@ -101,97 +105,6 @@ class NGramConfig(Config):
     smoothing: str = option("kn", "mle, add-k (Laplace when k=1) or kn (interpolated modified Kneser-Ney)",
                             choices=SMOOTHING_CHOICES)
     add_k: float = option(1.0, "the k of add-k smoothing", above=0.0)
-
-
-# -- k-gram keys ---------------------------------------------------------------
-
-def _check_ids(ids, vocab_size: int, what: str) -> np.ndarray:
-    """``ids`` as a 1-D int64 array with every value in ``[0, vocab_size)``."""
-    arr = np.asarray(ids)
-    if arr.ndim != 1:
-        raise DataError(f"{what}: expected a 1-D sequence of token ids, got shape {arr.shape}")
-    if arr.size == 0:
-        return np.zeros(0, np.int64)
-    if not np.issubdtype(arr.dtype, np.integer):
-        raise DataError(f"{what}: token ids must be integers, got dtype {arr.dtype}")
-    lo, hi = int(arr.min()), int(arr.max())
-    if lo < 0 or hi >= vocab_size:
-        bad = lo if lo < 0 else hi
-        raise DataError(f"{what}: token id {bad} is outside the vocabulary [0, {vocab_size}); "
-                        "encode the text with the model's vocabulary")
-    return arr.astype(np.int64, copy=False)
-
-
-def _count_keys(x: np.ndarray, order: int, vocab_size: int):
-    """Per order k = 1..order: sorted unique keys, their counts, and the positional ranks.
-
-    ``ranks[k-1][t]`` is the index in ``keys[k-1]`` of the k-gram ending at
-    position ``t`` (``-1`` for ``t < k - 1``).
-    """
-    n_tok = len(x)
-    keys, counts, ranks = [], [], []
-    prev = None
-    for k in range(1, order + 1):
-        rank = np.full(n_tok, -1, np.int64)
-        if n_tok >= k:
-            cand = x if k == 1 else prev[k - 2:n_tok - 1] * vocab_size + x[k - 1:]
-            uniq, inv, cnt = np.unique(cand, return_inverse=True, return_counts=True)
-            rank[k - 1:] = inv.reshape(-1)
-        else:
-            uniq, cnt = np.zeros(0, np.int64), np.zeros(0, np.int64)
-        keys.append(uniq.astype(np.int64, copy=False))
-        counts.append(cnt.astype(np.int64, copy=False))
-        ranks.append(rank)
-        prev = rank
-    return keys, counts, ranks
-
-
-def _lookup_ranks(keys: list[np.ndarray], x: np.ndarray, vocab_size: int) -> list[np.ndarray]:
-    """Positional ranks of ``x``'s k-grams in trained key tables (``-1``: unseen or before the start)."""
-    n_tok = len(x)
-    out, prev = [], None
-    for k, table in enumerate(keys, start=1):
-        rank = np.full(n_tok, -1, np.int64)
-        if n_tok >= k and table.size:
-            # an unseen context has rank -1, so its candidate key is negative and never matches
-            cand = x if k == 1 else prev[k - 2:n_tok - 1] * vocab_size + x[k - 1:]
-            pos = np.minimum(np.searchsorted(table, cand), table.size - 1)
-            rank[k - 1:] = np.where(table[pos] == cand, pos, -1)
-        out.append(rank)
-        prev = rank
-    return out
-
-
-def ngram_counts(ids, n: int) -> tuple[np.ndarray, np.ndarray]:
-    """Every distinct n-gram of ``ids`` and its count.
-
-    Returns ``(grams (U, n) int64, counts (U,) int64)``, the n-grams in
-    lexicographic order.
-    """
-    if n < 1:
-        raise ConfigError(f"n-gram length must be at least 1, got {n}")
-    x = np.asarray(ids)
-    if x.ndim != 1 or (x.size and not np.issubdtype(x.dtype, np.integer)) or (x.size and x.min() < 0):
-        raise DataError("ngram_counts: expected a 1-D sequence of non-negative integer token ids")
-    x = x.astype(np.int64, copy=False)
-    if len(x) < n:
-        return np.zeros((0, n), np.int64), np.zeros(0, np.int64)
-    vocab_size = int(x.max()) + 1
-    _, counts, ranks = _count_keys(x, n, vocab_size)
-    end = np.empty(counts[-1].size, np.int64)
-    end[ranks[-1][n - 1:]] = np.arange(n - 1, len(x))  # a position where each n-gram ends (any will do)
-    grams = x[end[:, None] + np.arange(1 - n, 1)[None, :]]
-    return grams, counts[-1]
-
-
-def top_ngrams(ids, n: int, k: int) -> list[tuple[tuple[int, ...], int]]:
-    """The ``k`` most frequent n-grams of ``ids`` as ``[(ngram, count), ...]``.
-
-    Sorted by decreasing count; ties in lexicographic order of the n-grams.
-    """
-    grams, counts = ngram_counts(ids, n)
-    order = np.argsort(-counts, kind="stable")[:max(k, 0)]
-    return [(tuple(g), int(c)) for g, c in zip(grams[order].tolist(), counts[order].tolist())]
 
 
 # -- Kneser-Ney discounts --------------------------------------------------------
@@ -240,13 +153,13 @@ class NGramLM:
         config.validate()
         if int(vocab_size) < 1:
             raise ConfigError(f"vocab_size must be at least 1, got {vocab_size}")
-        x = _check_ids(ids, vocab_size, "n-gram training data")
+        x = check_ids(ids, vocab_size, "n-gram training data")
         if x.size == 0:
             raise DataError("n-gram training data is empty; give at least one token")
         if len(x) * int(vocab_size) >= 2**62:
             raise DataError(f"n-gram training data too large for int64 keys ({len(x)} tokens x {vocab_size} ids)")
         n = int(config.order)
-        keys, counts, ranks = _count_keys(x, n, int(vocab_size))
+        keys, counts, ranks = count_keys(x, n, int(vocab_size))
         discounts = np.zeros((n, 3))
         if config.smoothing == "kn":
             for k in range(1, n):           # continuation counts N1+(. g) for k < n
@@ -310,7 +223,7 @@ class NGramLM:
     # -- scoring ---------------------------------------------------------------
     def _token_probs(self, x: np.ndarray) -> np.ndarray:
         """``(len(x),)`` P(x_t | x_{max(0,t-n+1)} .. x_{t-1}) for every t (t = 0: the unigram)."""
-        ranks = _lookup_ranks(self.keys, x, self.vocab_size)
+        ranks = lookup_ranks(self.keys, x, self.vocab_size)
         p = self._unigram[x]
         for k in range(2, self.order + 1):
             if len(x) < k:
@@ -327,7 +240,7 @@ class NGramLM:
         predecessors and use the order-``(t + 1)`` estimate (module docstring).
         Natural logarithms; ``-inf`` where an MLE model gives probability 0.
         """
-        x = _check_ids(ids, self.vocab_size, "n-gram scoring data")
+        x = check_ids(ids, self.vocab_size, "n-gram scoring data")
         if len(x) < 2:
             return np.zeros(0, np.float64)
         with np.errstate(divide="ignore"):
@@ -354,10 +267,10 @@ class NGramLM:
         Only the last ``n - 1`` ids of ``context`` matter; a shorter context
         uses the order-``(len(context) + 1)`` estimate.
         """
-        h = _check_ids(np.asarray(context), self.vocab_size, "n-gram context")
+        h = check_ids(np.asarray(context), self.vocab_size, "n-gram context")
         h = h[len(h) - min(len(h), self.order - 1):]
         p = self._unigram.copy()
-        ranks = _lookup_ranks(self.keys[:len(h)], h, self.vocab_size)
+        ranks = lookup_ranks(self.keys[:len(h)], h, self.vocab_size)
         for k in range(2, len(h) + 2):
             p = self._dense(k, int(ranks[k - 2][-1]), p)
         return p
@@ -390,7 +303,7 @@ class NGramLM:
             raise ConfigError(f"--top-k must be a non-negative integer (0: all tokens), got {top_k!r}")
         if int(length) < 0:
             raise ConfigError(f"sample length must be non-negative, got {length}")
-        history = [int(i) for i in _check_ids(np.asarray(list(prefix)), self.vocab_size,
+        history = [int(i) for i in check_ids(np.asarray(list(prefix)), self.vocab_size,
                                               "n-gram sampling prefix")]
         keep = self.order - 1
         k = int(top_k)

@@ -76,7 +76,7 @@ def learning_curve(metrics_path: str | os.PathLike, path: str | os.PathLike,
     A log-scaled y axis, since perplexity falls over orders of magnitude at
     first. Validation records that carry ``bleu`` get a second panel.
     """
-    from jaxseq.train import MetricsLog
+    from jaxseq.metrics_log import MetricsLog
 
     records = MetricsLog.read(Path(metrics_path))      # a torn last line (a full disk) is skipped
     train = [(r["step"], r["perplexity"]) for r in records if r.get("split") == "train"]

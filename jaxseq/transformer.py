@@ -20,7 +20,7 @@ without warmup) the sublayer::
 An encoder block is self-attention (padding masked by the source valid
 lengths) then FFN; a decoder block is causal self-attention, optionally
 cross-attention to the encoder output, then FFN. Attention is
-:class:`jaxseq.attention.MultiHeadAttention`; dense layers run on
+:class:`jaxseq.attention_layers.MultiHeadAttention`; dense layers run on
 ``(B*T, C)`` arrays (docs/DESIGN.md).
 
 Decoding keeps, per decoder block, a self-attention key/value cache (and the
@@ -42,7 +42,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxseq.attention import MultiHeadAttention, Projection
+from jaxseq.attention_layers import MultiHeadAttention, Projection
 from jaxseq.config import Config, option
 from jaxseq.errors import ConfigError
 

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from jaxseq import attention as A
+from jaxseq import attention_layers as L
 
 
 def _rand(rng, *shape):
@@ -122,7 +123,7 @@ def test_attention_modules():
     rng = np.random.default_rng(4)
     q, k, v = (jnp.asarray(_rand(rng, *s)) for s in [(2, 3, 4), (2, 5, 6), (2, 5, 3)])
     lens = jnp.array([2, 5])
-    add = A.AdditiveAttention(hidden=8, dropout=0.5)
+    add = L.AdditiveAttention(hidden=8, dropout=0.5)
     variables = add.init(jax.random.PRNGKey(0), q, k, v, lens)
     out, w = add.apply(variables, q, k, v, lens)
     params = variables["params"]
@@ -132,7 +133,7 @@ def test_attention_modules():
     dropped, w_train = add.apply(variables, q, k, v, lens, train=True, rngs={"dropout": jax.random.PRNGKey(1)})
     np.testing.assert_allclose(w_train, w, atol=1e-6)              # weights are reported before dropout
     assert not np.allclose(dropped, out)
-    dot = A.DotProductAttention(dropout=0.5)
+    dot = L.DotProductAttention(dropout=0.5)
     kq = jnp.asarray(_rand(rng, 2, 5, 4))
     out, w = dot.apply({}, q, kq, v, lens)
     ref_out, ref_w = A.dot_product_attention(q, kq, v, lens)
@@ -164,7 +165,7 @@ def _np_mha(p, xq, xkv, heads, keep):
 def test_multi_head_attention_against_numpy():
     rng = np.random.default_rng(5)
     xq, xkv = _rand(rng, 2, 4, 6), _rand(rng, 2, 5, 7)
-    mha = A.MultiHeadAttention(num_heads=2, d_model=8)
+    mha = L.MultiHeadAttention(num_heads=2, d_model=8)
     lens = np.array([3, 5])
     variables = mha.init(jax.random.PRNGKey(0), jnp.asarray(xq), jnp.asarray(xkv), valid_lens=jnp.asarray(lens))
     out, w = mha.apply(variables, jnp.asarray(xq), jnp.asarray(xkv), valid_lens=jnp.asarray(lens),
@@ -173,7 +174,7 @@ def test_multi_head_attention_against_numpy():
     np.testing.assert_allclose(out, ref, rtol=1e-4, atol=1e-5)
     assert w.shape == (2, 2, 4, 5) and np.all(np.asarray(w)[0, :, :, 3:] == 0.0)
     # causal self-attention
-    self_mha = A.MultiHeadAttention(num_heads=2, d_model=6)
+    self_mha = L.MultiHeadAttention(num_heads=2, d_model=6)
     sv = self_mha.init(jax.random.PRNGKey(1), jnp.asarray(xq))
     out, _ = self_mha.apply(sv, jnp.asarray(xq), causal=True)
     np.testing.assert_allclose(out, _np_mha(sv["params"], xq, xq, 2, lambda b, i, j: j <= i), rtol=1e-4, atol=1e-5)
@@ -181,7 +182,7 @@ def test_multi_head_attention_against_numpy():
 
 def test_causal_attention_has_zero_gradient_to_later_inputs():
     x = jnp.asarray(np.random.default_rng(6).normal(size=(1, 5, 4)).astype(np.float32))
-    mha = A.MultiHeadAttention(num_heads=2, d_model=4, causal_block=2)
+    mha = L.MultiHeadAttention(num_heads=2, d_model=4, causal_block=2)
     variables = mha.init(jax.random.PRNGKey(0), x)
     jac = jax.jit(jax.jacobian(lambda x: mha.apply(variables, x, causal=True)[0]))(x)[0, :, :, 0]   # (T, D, T, D)
     for i in range(5):
@@ -192,7 +193,7 @@ def test_causal_attention_has_zero_gradient_to_later_inputs():
 def test_cached_decoding_equals_the_full_causal_pass():
     """Prefill 3 positions in one call, then one per call: the same outputs as one causal pass."""
     x = jnp.asarray(np.random.default_rng(7).normal(size=(2, 7, 4)).astype(np.float32))
-    mha = A.MultiHeadAttention(num_heads=2, d_model=4)
+    mha = L.MultiHeadAttention(num_heads=2, d_model=4)
     variables = mha.init(jax.random.PRNGKey(0), x)
     full, _ = mha.apply(variables, x, causal=True)
     cache = mha.init_cache(2, 8)

@@ -407,7 +407,7 @@ FULL_DISK = """
     import jax.numpy as jnp, numpy as np
     from jaxseq.checkpoint import Checkpointer
     from jaxseq.errors import JaxseqError
-    from jaxseq.train import MetricsLog
+    from jaxseq.metrics_log import MetricsLog
     manifest = {"task": "lm", "model": {"hidden": 4}, "vocab": "abc", "params": {}, "data": "d"}
     ckpt = Checkpointer(sys.argv[1], keep=3)
     log = MetricsLog(sys.argv[2])
@@ -487,7 +487,7 @@ GOOD = '{"split": "train", "step": 2}\n{"split": "train", "step": 4}\n{"split": 
 
 
 def test_a_torn_last_metrics_line_is_skipped_by_read_and_dropped_on_resume(tmp_path):
-    from jaxseq.train import MetricsLog
+    from jaxseq.metrics_log import MetricsLog
     path = _metrics(tmp_path, GOOD + '{"split": "train", "st')
     assert [r["step"] for r in MetricsLog.read(path)] == [2, 4, 4]
     warnings = []
@@ -499,7 +499,7 @@ def test_a_torn_last_metrics_line_is_skipped_by_read_and_dropped_on_resume(tmp_p
 
 @pytest.mark.parametrize("torn", [b'{"step": 6, "loss": 1.2', b"\x00\x00\x00\x00", b'{"note": "\xc3'])
 def test_torn_bytes_of_any_kind_at_the_end(tmp_path, torn):
-    from jaxseq.train import MetricsLog
+    from jaxseq.metrics_log import MetricsLog
     path = tmp_path / "metrics.jsonl"
     path.write_bytes(GOOD.encode() + torn)
     assert len(MetricsLog.read(path)) == 3
@@ -507,7 +507,7 @@ def test_torn_bytes_of_any_kind_at_the_end(tmp_path, torn):
 
 
 def test_a_damaged_metrics_line_in_the_middle_is_one_line_naming_it(tmp_path):
-    from jaxseq.train import MetricsLog
+    from jaxseq.metrics_log import MetricsLog
     path = _metrics(tmp_path, '{"step": 2}\n{"step": 4, "lo\n{"step": 6}\n')
     for call in (lambda: MetricsLog.read(path), lambda: MetricsLog(path).truncate_after(4)):
         with pytest.raises(CheckpointError) as err:
@@ -517,7 +517,7 @@ def test_a_damaged_metrics_line_in_the_middle_is_one_line_naming_it(tmp_path):
 
 
 def test_a_record_is_never_glued_onto_an_unterminated_line(tmp_path):
-    from jaxseq.train import MetricsLog
+    from jaxseq.metrics_log import MetricsLog
     path = _metrics(tmp_path, '{"step": 2}')
     MetricsLog(path).write({"step": 3})
     assert [r["step"] for r in MetricsLog.read(path)] == [2, 3]

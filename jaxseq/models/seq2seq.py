@@ -76,7 +76,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxseq import attention, cells
-from jaxseq.attention import Projection
+from jaxseq.attention_layers import Projection
 from jaxseq.config import Config, option
 from jaxseq.models.registry import ModelSpec, register
 from jaxseq.models.recurrent import StackedRecurrent, apply_dense_2d

@@ -29,7 +29,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxseq.attention import Projection
+from jaxseq.attention_layers import Projection
 from jaxseq.config import option
 from jaxseq.errors import ConfigError
 from jaxseq.models.registry import ModelSpec, register
