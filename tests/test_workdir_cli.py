@@ -61,7 +61,7 @@ def _tree(path: Path) -> dict:
 
 def test_readers_during_training_leave_the_trainer_unharmed(corpus, tmp_path, capsys):
     """generate in a loop against a trainer that checkpoints every step: the trainer ends as it does alone."""
-    run = ["train", "lm", "--data", corpus, "--steps", 30, "--checkpoint-every", 1, "--keep", 2, *FLAGS]
+    run = ["train", "lm", "--data", corpus, "--steps", 16, "--checkpoint-every", 1, "--keep", 2, *FLAGS]
     alone = tmp_path / "alone"
     assert cli.main([*run, "--workdir", alone]) == 0
     watched = tmp_path / "watched"

@@ -22,7 +22,7 @@ TOKEN_CHOICES = ("char", "word")
 
 
 def warn(message: str) -> None:
-    """Print a one-line warning about the data on stderr (``jaxseq: warning: ...``, as the CLI's own)."""
+    """Print a one-line warning on stderr (``jaxseq: warning: ...``): the one warning form of jaxseq."""
     print(f"jaxseq: warning: {message}", file=sys.stderr, flush=True)
 
 

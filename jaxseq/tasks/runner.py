@@ -24,7 +24,6 @@ from __future__ import annotations
 import abc
 import dataclasses
 import os
-import sys
 from typing import Any, Callable, ClassVar, Mapping
 
 import jax
@@ -34,6 +33,7 @@ from jaxseq import config as config_lib
 from jaxseq import parallel
 from jaxseq import train as trainer
 from jaxseq.checkpoint import Checkpointer
+from jaxseq.data.text import warn
 from jaxseq.data.vocab import Vocab
 from jaxseq.errors import CheckpointError, ConfigError
 from jaxseq.manifest import Manifest, tree_signature
@@ -48,10 +48,6 @@ Echo = Callable[[str], None]
 def echo_stdout(message: str) -> None:
     if jax.process_index() == 0:
         print(message, flush=True)
-
-
-def warn(message: str) -> None:
-    print(f"jaxseq: warning: {message}", file=sys.stderr, flush=True)
 
 
 def warn_unknown(what: str, unknown, where: str = "the vocabulary") -> None:

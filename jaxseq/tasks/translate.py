@@ -241,7 +241,13 @@ def evaluate_translate(workdir: WorkdirLike, data: str | None = None, *, beam: i
         fingerprint = None if allow_data_change else _data_fingerprint(loaded_data)
     else:
         raw, source = tr.pair_bytes(data, run.dates)
-        pairs = list(tr.iter_pairs(raw, source, preprocess=run.data.preprocess))
+        skipped, cut = [], []
+        pairs = list(tr.iter_pairs(raw, source, preprocess=run.data.preprocess, on_bad_line=run.data.on_bad_line,
+                                   skipped=skipped, first_two=cut))
+        if skipped:
+            warn(f"{source}: {tr.summarize_skipped(skipped)}")
+        if cut:
+            warn(tr.first_two_warning(cut, source))
         warn_unknown(source, src_vocab.unknown(t for p in pairs for t in p.src), "the source vocabulary")
     loaded = runner.load(workdir, TASK, data_fingerprint=fingerprint)
     model, params = loaded.model, loaded.params
