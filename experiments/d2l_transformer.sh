@@ -8,4 +8,5 @@ DATA=${DATA:-../shared/data/fra-eng-train.tsv}
 exec jaxseq train translate --model transformer --d-model 256 --layers 2 --heads 4 --ffn 64 --dropout 0.2 \
   --data "$DATA" --preprocess d2l --max-pairs 640 --split head --valid-fraction 0.2 --test-fraction 0 \
   --max-len 9 --buckets none --min-freq 1 --batch-size 128 --optimizer adam --lr 0.001 --clip 1 --epochs 30 \
+  --label-smoothing 0 --warmup 0 \
   --eval-every 40 --log-every 4 --beam 4 --workdir "${WORKDIR:-runs/d2l-transformer}" "$@"

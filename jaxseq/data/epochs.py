@@ -16,6 +16,7 @@ index in Python (over a second per epoch of a 1M-token corpus or of fra-eng's
 
 from __future__ import annotations
 
+import abc
 from typing import Any, Iterator
 
 import numpy as np
@@ -45,7 +46,7 @@ def shard_rows(batch_size: int, shard: tuple[int, int]) -> slice:
     return slice(index * batch_size // count, (index + 1) * batch_size // count)
 
 
-class EpochBatches:
+class EpochBatches(abc.ABC):
     """An iterator over training batches, epoch after epoch, resumable from ``(epoch, index)``.
 
     A subclass provides
@@ -66,14 +67,17 @@ class EpochBatches:
         self._layout: Any = None
 
     @property
+    @abc.abstractmethod
     def batches_per_epoch(self) -> int:
-        raise NotImplementedError
+        """Batches in every epoch."""
 
+    @abc.abstractmethod
     def layout(self, epoch: int) -> Any:
-        raise NotImplementedError
+        """What fixes ``epoch``'s batches (a pure function of the seed and ``epoch``)."""
 
+    @abc.abstractmethod
     def batch(self, epoch: int, index: int, layout: Any = None) -> Batch:
-        raise NotImplementedError
+        """Batch ``index`` of ``epoch`` (``layout``: that epoch's, if already computed)."""
 
     def __iter__(self) -> Iterator[Batch]:
         return self
