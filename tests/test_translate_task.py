@@ -77,6 +77,16 @@ def test_translate_arguments_file_beam_and_attention(trained, tmp_path, capsys):
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_the_python_loader_translates_like_the_cli(trained):
+    import jaxseq
+    loaded = jaxseq.load(trained)
+    assert loaded.run.task == "translate" and loaded.step == json.loads((trained / "results.json").read_text())["step"]
+    assert loaded.translate(["one cat", "two big dogs"]) == ["un chat", "deux gros chiens"]
+    assert loaded.translate(["the big dog"], beam=3) == ["le gros chien"]
+    with pytest.raises(jaxseq.ConfigError, match="needs a language-model run"):
+        loaded.generate("one", 3)
+
+
 def test_unknown_words_become_unk_with_a_warning(trained, capsys):
     code, out, err = run_cli(capsys, "translate", "--workdir", trained, "one zebra")
     assert code == 0 and len(out.splitlines()) == 1
