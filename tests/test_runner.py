@@ -110,6 +110,8 @@ def test_help_groups_flags_by_family_and_shows_each_models_defaults(capsys):
 def test_a_flag_the_model_does_not_read_is_reported(capsys):
     lm_task.TASK.resolve({"model": "gru", "d_model": 64})
     assert "--model gru does not use --d-model; ignored" in capsys.readouterr().err
+    with pytest.raises(ConfigError, match="unknown lm setting.*hiden"):
+        lm_task.resolve(hiden=128)
 
 
 # -- resume: what may change, what may not, data identity ----------------------------------------

@@ -107,7 +107,6 @@ class Task(abc.ABC):
     vocab_files: ClassVar[tuple[str, ...]]
     default_steps: ClassVar[int]
     builtin_data: ClassVar[tuple[str, ...]] = ()     # data names that are never files
-    data_noun: ClassVar[str] = "data"
 
     # -- configs --------------------------------------------------------------------------
     def resolve(self, given: Mapping[str, Any] | None = None, *, warn_unused: bool = True) -> Run:
@@ -118,6 +117,11 @@ class Task(abc.ABC):
         the chosen model does not read is reported (not silently dropped).
         """
         given = dict(given or {})
+        known = {f.name for cls in self.sections.values() for f in dataclasses.fields(cls)}
+        strange = sorted(set(given) - known)
+        if strange:
+            raise ConfigError(f"unknown {self.name} setting(s) {', '.join(strange)}; see `jaxseq train {self.name} "
+                              "--help` (a flag --seq-len is the setting seq_len)")
         model_cls = self.sections["model"]
         name = given.get("model", model_cls.model)
         spec = registry.get(self.name, name)
@@ -266,7 +270,7 @@ def train(task: Task, run: Run, workdir: WorkdirLike, *, resume: bool = False, r
         run = task.run_from_dict(config, str(workdir.config_path))
         vocabs = _saved_vocabs(task, workdir) if resume else None
         data = task.load_data(run, vocabs)            # refuses bad data before anything is written
-        echo(f"{task.data_noun}: {task.describe_data(data)}")
+        echo(f"data: {task.describe_data(data)}")
         task.check_data(run, data)
         if restart:
             workdir.discard_run(task.vocab_files)

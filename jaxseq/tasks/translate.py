@@ -134,7 +134,6 @@ class TranslateTask(runner.Task):
     vocab_files = (SRC, TGT)
     default_steps = 300
     builtin_data = ()
-    data_noun = "data"
 
     def load_data(self, run: Run, vocabs: dict[str, Vocab] | None) -> tr.TranslationData:
         return _load_data(run, vocabs)
