@@ -202,15 +202,20 @@ def _writer(directory, **kwargs):
     return Checkpointer(directory, **kwargs)
 
 
+def _write_steps(directory, *steps):
+    """Checkpoints of ``steps`` written by a writer that is closed again."""
+    ckpt = _writer(directory)
+    try:
+        for step in steps:
+            _save(ckpt, step)
+    finally:
+        ckpt.close()
+
+
 def test_a_reader_creates_nothing_deletes_nothing_and_skips_unfinished_checkpoints(tmp_path):
     from jaxseq.checkpoint import CHECKSUMS, Checkpointer
     directory = tmp_path / "checkpoints"
-    ckpt = _writer(directory)
-    try:
-        _save(ckpt, 1)
-        _save(ckpt, 2)
-    finally:
-        ckpt.close()
+    _write_steps(directory, 1, 2)
     # what a running trainer's save looks like from outside: Orbax's temporary directory, and a
     # committed step whose checksums are still being computed
     (directory / "3.orbax-checkpoint-tmp" / "state").mkdir(parents=True)
@@ -360,12 +365,7 @@ def test_falling_back_twice_from_the_same_step_keeps_both_refused_copies(tmp_pat
 def test_a_reader_falls_back_without_renaming(tmp_path):
     from jaxseq.checkpoint import Checkpointer
     directory = tmp_path / "checkpoints"
-    ckpt = _writer(directory)
-    try:
-        _save(ckpt, 1)
-        _save(ckpt, 2)
-    finally:
-        ckpt.close()
+    _write_steps(directory, 1, 2)
     _damage(directory / "2")
     before = _tree(directory)
     reader = Checkpointer(directory, read_only=True)
@@ -382,12 +382,7 @@ def test_a_reader_moves_on_when_the_trainer_prunes_the_checkpoint_it_reads(tmp_p
     """The trainer's prune renames a step aside and deletes it; a reader caught in the middle lists again."""
     from jaxseq.checkpoint import Checkpointer, _remove_dir
     directory = tmp_path / "checkpoints"
-    ckpt = _writer(directory)
-    try:
-        _save(ckpt, 1)
-        _save(ckpt, 2)
-    finally:
-        ckpt.close()
+    _write_steps(directory, 1, 2)
 
     class PrunedUnderfoot(Checkpointer):
         def _restore_step(self, abstract_state, expected, step):
