@@ -21,7 +21,7 @@ from jaxseq.errors import CheckpointError, ConfigError, DataError, FetchError, J
 from jaxseq.data.text import read_text, preprocess, tokenize, detokenize
 from jaxseq.data.vocab import Vocab
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 _LAZY = {
     "fit": "jaxseq.api", "load": "jaxseq.api", "Trained": "jaxseq.api",

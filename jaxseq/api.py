@@ -32,21 +32,22 @@ def _task(name: str) -> runner.Task:
     return importlib.import_module(f"jaxseq.tasks.{name}").TASK
 
 
-def fit(task: str, *, workdir: str | os.PathLike | None = None, resume: bool = False,
-          echo: Callable[[str], None] | None = runner.echo_stdout, **flags: Any) -> dict:
+def fit(task: str, *, workdir: str | os.PathLike | None = None, resume: bool = False, restart: bool = False,
+        fallback: bool = False, allow_data_change: bool = False,
+        echo: Callable[[str], None] | None = runner.echo_stdout, **flags: Any) -> dict:
     """Train a ``task`` (``"lm"`` or ``"translate"``) model into ``workdir``; returns ``results.json``'s dict.
 
     ``flags`` are the CLI's flags by field name (``model="lstm",
-    hidden=128, steps=500``); ``resume=True`` continues the run in
-    ``workdir``, where only resumable flags may change. LM runs also take
-    ``baseline`` and ``sample_length``.
+    hidden=128, steps=500``); ``resume``, ``restart``, ``fallback`` and
+    ``allow_data_change`` are the CLI's switches of those names. LM runs
+    also take ``baseline`` and ``sample_length``.
     """
     job = _task(task)
-    options = {k: flags.pop(k) for k in ("baseline", "sample_length") if k in flags}
-    run = job.resolve(flags, warn_unused=not resume)
+    options = {k: flags.pop(k) for k in ("baseline", "sample_length") if k in flags and job.name == "lm"}
+    run = job.resolve(flags, warn_unused=not resume, validate=not (resume or restart))
     path = Path(workdir) if workdir is not None else default_workdir(job.name, run.model.model)
-    return runner.train(job, run, Workdir(path), resume=resume, given=flags, echo=echo or (lambda m: None),
-                        **options)
+    return runner.train(job, run, Workdir(path), resume=resume, restart=restart, given=flags, fallback=fallback,
+                        allow_data_change=allow_data_change, echo=echo or (lambda m: None), **options)
 
 
 @dataclasses.dataclass

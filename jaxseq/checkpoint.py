@@ -95,11 +95,14 @@ class _held_stderr:
     """
 
     def __enter__(self) -> "_held_stderr":
+        self._keep, self._saved = True, None
         sys.stderr.flush()
         self._file = tempfile.TemporaryFile()
-        self._saved = os.dup(2)
+        try:
+            self._saved = os.dup(2)
+        except OSError:                  # no stderr at all (closed): nothing to hold
+            return self
         os.dup2(self._file.fileno(), 2)
-        self._keep = True
         return self
 
     def discard(self, settle: float = 0.3, most: float = 5.0) -> None:
@@ -118,6 +121,9 @@ class _held_stderr:
         self._keep = True
 
     def __exit__(self, *exc) -> bool:
+        if self._saved is None:
+            self._file.close()
+            return False
         sys.stderr.flush()
         os.dup2(self._saved, 2)
         os.close(self._saved)

@@ -64,13 +64,15 @@ def verify_checksums(step_dir: Path, step: int) -> None:
         raise CheckpointError(f"{listed}: damaged checksum list of the checkpoint at step {step}") from None
     for name, (size, digest) in sorted(expected.items()):
         path = step_dir / name
-        if not path.exists():
-            raise CheckpointError(f"{step_dir}: checkpoint at step {step} is missing the file {name}")
-        if path.stat().st_size != size:
-            raise CheckpointError(f"{step_dir}: checkpoint at step {step} has {name} truncated or altered "
-                                  f"({path.stat().st_size} bytes, expected {size})")
-        if _sha256(path) != digest:
-            raise CheckpointError(f"{step_dir}: checkpoint at step {step} fails its checksum for {name}")
+        try:                # a file can vanish underfoot: a trainer pruning the step a reader checks
+            actual = path.stat().st_size
+            if actual != size:
+                raise CheckpointError(f"{step_dir}: checkpoint at step {step} has {name} truncated or altered "
+                                      f"({actual} bytes, expected {size})")
+            if _sha256(path) != digest:
+                raise CheckpointError(f"{step_dir}: checkpoint at step {step} fails its checksum for {name}")
+        except OSError:
+            raise CheckpointError(f"{step_dir}: checkpoint at step {step} is missing the file {name}") from None
 
 
 # -- which step directories are jaxseq's, and which are complete ------------------------------

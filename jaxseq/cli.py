@@ -209,7 +209,7 @@ def _cmd_train(args) -> int:
 
     task = _task(args.task)
     given = _given(args, task)
-    run = task.resolve(given, warn_unused=not args.resume)
+    run = task.resolve(given, warn_unused=not args.resume, validate=not (args.resume or args.restart))
     workdir = Workdir(args.workdir or default_workdir(task.name, run.model.model))
     options = {"baseline": args.baseline, "sample_length": args.sample} if task.name == "lm" else {}
     results = runner.train(task, run, workdir, resume=args.resume, restart=args.restart, given=given,

@@ -14,6 +14,8 @@ The rules of a field are declared once, on the field, with :func:`option`:
 ``maximum``    largest allowed value (``value <= maximum``)
 ``resumable``  the setting may change when a run is resumed (run length and logistics)
 ``excludes``   another field this one replaces when given (``--epochs`` clears ``--steps``)
+``governs``    the section's other settings depend on this one: when the user gives it, a model's
+               registered defaults for that section are not applied (``--optimizer``)
 ``flag``       the flag name, when it is not derived from the field name
 
 :func:`check_fields` checks every field of a config against them (``None`` is
@@ -41,9 +43,10 @@ T = TypeVar("T")
 
 def option(default: Any, help: str, *, choices: typing.Sequence[Any] | None = None, flag: str | None = None,
            minimum: float | None = None, above: float | None = None, below: float | None = None,
-           maximum: float | None = None, resumable: bool = False, excludes: str | None = None) -> Any:
+           maximum: float | None = None, resumable: bool = False, excludes: str | None = None,
+           governs: bool = False) -> Any:
     """A dataclass field with its help, its rules and the metadata the CLI needs."""
-    meta: dict[str, Any] = {"help": help, "resumable": resumable}
+    meta: dict[str, Any] = {"help": help, "resumable": resumable, "governs": governs}
     for key, value in (("choices", None if choices is None else tuple(choices)), ("flag", flag), ("excludes", excludes),
                        ("minimum", minimum), ("above", above), ("below", below), ("maximum", maximum)):
         if value is not None:
@@ -53,11 +56,6 @@ def option(default: Any, help: str, *, choices: typing.Sequence[Any] | None = No
 
 def flag_name(field: dataclasses.Field) -> str:
     return field.metadata.get("flag", "--" + field.name.replace("_", "-"))
-
-
-def flag_of(cls: type, name: str) -> str:
-    """The flag of field ``name`` of the dataclass ``cls``."""
-    return flag_name({f.name: f for f in dataclasses.fields(cls)}[name])
 
 
 def _number(x: float) -> str:
@@ -115,6 +113,24 @@ class Config:
 
     def check(self) -> None:
         """Rules across fields (none by default)."""
+
+
+def plain(value: Any, scalar: type) -> Any:
+    """``value`` as the plain Python type of its field: ``128.0`` -> ``128`` for an int field, NumPy
+    scalars -> Python numbers (what ``config.json`` can hold); anything else unchanged."""
+    if hasattr(value, "item") and not isinstance(value, (str, bytes)):
+        value = value.item()
+    if scalar is int and isinstance(value, float) and value.is_integer():
+        return int(value)
+    if scalar is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    return value
+
+
+def field_types(cls: type) -> dict[str, type]:
+    """Each field's scalar type (``int`` for ``int | None``)."""
+    hints = typing.get_type_hints(cls)
+    return {f.name: _base_type(hints[f.name])[0] for f in dataclasses.fields(cls)}
 
 
 def field_metadata(cls: type, name: str) -> Mapping[str, Any]:
@@ -188,12 +204,6 @@ def from_args(cls: type[T], args: argparse.Namespace, **overrides: Any) -> T:
     given = {k: v for k, v in vars(args).items() if k in names}
     given.update(overrides)
     return cls(**given)
-
-
-def given_flags(args: argparse.Namespace, cls: type) -> dict[str, Any]:
-    """Only the fields of ``cls`` that appear on the command line."""
-    names = {f.name for f in dataclasses.fields(cls)}
-    return {k: v for k, v in vars(args).items() if k in names}
 
 
 def to_dict(config: Any) -> dict[str, Any]:

@@ -45,7 +45,8 @@ NEVER = 2**31 - 1
 class OptimConfig(Config):
     """How parameters are updated."""
 
-    optimizer: str = option("adam", "the update rule", choices=OPTIMIZERS)
+    optimizer: str = option("adam", "the update rule (giving it drops a model's own optimizer defaults)",
+                            choices=OPTIMIZERS, governs=True)
     lr: float | None = option(None, "peak learning rate (default: 1.0 for sgd, 2e-3 for adam/adamw); may change "
                               "on --resume (a diverged run continues from its last good checkpoint)", above=0.0,
                               resumable=True)

@@ -46,12 +46,25 @@ def _is_writer() -> bool:
     return jax.process_index() == 0
 
 
-def merge_resumed(saved: dict, given: dict[str, Any], sections: dict[str, type]) -> dict:
+def _current_format(saved: dict, sections: dict[str, type]) -> bool:
+    """Whether every saved section holds only settings of today's config classes (not a jaxseq 0.1 run)."""
+    for name, value in saved.items():
+        if name == "task":
+            continue
+        if name not in sections or not isinstance(value, dict):
+            return False
+        if set(value) - {f.name for f in fields(sections[name])}:
+            return False
+    return True
+
+
+def merge_resumed(saved: dict, given: dict[str, Any], sections: dict[str, type], *, any_field: bool = False) -> dict:
     """``saved`` (a config.json) updated with the flags ``given`` now, by field name.
 
     A flag whose field is declared ``resumable`` (see :func:`jaxseq.config.option`)
     replaces the saved value (and clears the field its ``excludes`` names:
-    ``--epochs`` replaces ``--steps``); any other flag must equal it.
+    ``--epochs`` replaces ``--steps``); any other flag must equal it, unless
+    ``any_field`` (``--restart``: the run starts again, so anything may change).
     """
     merged = {k: dict(v) if isinstance(v, dict) else v for k, v in saved.items()}
     for name, value in given.items():
@@ -62,7 +75,7 @@ def merge_resumed(saved: dict, given: dict[str, Any], sections: dict[str, type])
                               f"{saved.get('model', {}).get('model')} model); drop the flag")
         for section in homes:
             old, meta = merged[section].get(name), field_metadata(sections[section], name)
-            if meta.get("resumable"):
+            if meta.get("resumable") or any_field:
                 merged[section][name] = value
                 if meta.get("excludes") and value is not None:
                     merged[section][meta["excludes"]] = None
@@ -123,12 +136,14 @@ class Workdir:
         return data if isinstance(data, dict) and data.get("format") == MARKER_FORMAT else None
 
     def _legacy(self) -> bool:
-        """A run written before the marker existed: a jaxseq ``config.json`` (a dict with "task")."""
+        """A run written before the marker existed: a jaxseq ``config.json`` (a task of jaxseq's, and its
+        ``model``, ``train`` and ``optim`` sections)."""
         try:
             config = json.loads(self.config_path.read_text(encoding="utf-8"))
         except (OSError, ValueError):
             return False
-        return isinstance(config, dict) and "task" in config
+        return (isinstance(config, dict) and config.get("task") in ("lm", "translate")
+                and all(isinstance(config.get(k), dict) for k in ("model", "train", "optim")))
 
     def is_owned(self) -> bool:
         """True if the directory is jaxseq's: it holds the marker, or (legacy) a jaxseq ``config.json``.
@@ -224,12 +239,13 @@ class Workdir:
         """Write atomically (a temporary file renamed into place), on process 0 only."""
         if not _is_writer():
             return
+        text = dumps(data) + "\n"          # a value JSON cannot hold fails here, before any file exists
         tmp = None
         try:
             self.path.mkdir(parents=True, exist_ok=True)
             fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=self.path)
             with os.fdopen(fd, "w", encoding="utf-8") as f:
-                f.write(dumps(data) + "\n")
+                f.write(text)
             os.replace(tmp, self.file(name))
         except OSError as err:
             if tmp is not None:
@@ -258,16 +274,6 @@ class Workdir:
             raise CheckpointError(f"{self.path}: no such work directory; train a model there first")
         return self.config()["task"]
 
-    def require(self, task: str) -> dict:
-        """The run's config, which must be of ``task``."""
-        if not self.path.exists():
-            raise CheckpointError(f"{self.path}: no such work directory; train a model there first")
-        config = self.config()
-        if config["task"] != task:
-            raise CheckpointError(f"{self.path}: holds a {config['task']} run, not {task}; "
-                                  "pick the right --workdir")
-        return config
-
     def plan(self, config: dict, *, resume: bool, restart: bool = False, given: dict[str, Any] | None = None,
              sections: dict[str, type] | None = None) -> dict:
         """The config a new, restarted or resumed run will use; checks, but writes nothing.
@@ -282,10 +288,17 @@ class Workdir:
         refused run leaves nothing behind.
         """
         if restart:
-            if self.exists() and self.config().get("task") != config["task"]:
-                raise CheckpointError(f"{self.path}: holds a {self.config()['task']} run, not {config['task']}; "
+            if not self.exists():
+                return config
+            saved = self.config()
+            if saved.get("task") != config["task"]:
+                raise CheckpointError(f"{self.path}: holds a {saved['task']} run, not {config['task']}; "
                                       "--restart restarts a run of the same task")
-            return config
+            if "model" in (given or {}) and given["model"] != saved.get("model", {}).get("model"):
+                return config                     # another model: the flags given now, nothing saved
+            if not _current_format(saved, sections or {}):
+                return config                     # a run of jaxseq 0.1: its settings cannot be carried over
+            return merge_resumed(saved, given or {}, sections or {}, any_field=True)
         if not resume:
             if _is_writer() and self.exists():
                 old = self.config()
@@ -303,17 +316,28 @@ class Workdir:
     RUN_FILES = ("config.json", "metrics.jsonl", "results.json", "curve.png", "model.npz")
 
     def discard_run(self, vocab_files: tuple[str, ...] = ()) -> None:
-        """Remove the run's own files (config, vocabularies, logs, results, checkpoints), nothing else.
+        """Remove the run's own files (config, vocabularies, logs, results, jaxseq's checkpoints), nothing else.
 
-        Called under the writer lock by ``--restart``; the marker, the lock
-        and any file jaxseq did not write stay.
+        Called under the writer lock by ``--restart``; the marker, the lock,
+        and any file or folder jaxseq did not write (a numbered folder under
+        ``checkpoints/`` without a jaxseq manifest, say) stay.
         """
         if not _is_writer():
             return
+        from jaxseq.checkpoint_files import LEFTOVER_MARKS, is_jaxseq_step
         for name in self.RUN_FILES + tuple(vocab_files):
             self.file(name).unlink(missing_ok=True)
-        if self.checkpoints.exists():
-            shutil.rmtree(self.checkpoints)
+        for root in (self.checkpoints, self.checkpoints / "best"):
+            if not root.is_dir():
+                continue
+            for child in root.iterdir():
+                ours = (is_jaxseq_step(child) or any(mark in child.name for mark in LEFTOVER_MARKS)
+                        or (child.name.split(".")[0].isdigit() and ".refused" in child.name))
+                if child.is_dir() and ours:
+                    shutil.rmtree(child)
+        for root in (self.checkpoints / "best", self.checkpoints):
+            if root.is_dir() and not any(root.iterdir()):
+                root.rmdir()
 
     def save_config(self, config: dict) -> None:
         self.write_json("config.json", config)

@@ -95,6 +95,10 @@ def test_each_model_brings_its_defaults_and_a_flag_wins():
     gru = lm_task.resolve()
     assert (gru.model.model, gru.rnn.hidden, gru.optim.schedule, gru.data.seq_len) == ("gru", 256, "constant", 35)
     assert lm_task.resolve(model="mingru").minrnn.hidden == 192
+    # --optimizer governs its section: the model's own optimizer defaults (AdamW's weight decay) step aside
+    assert (lm_task.resolve(model="transformer", optimizer="adam").optim.weight_decay,
+            lm_task.resolve(model="transformer", optimizer="adam").optim.schedule) == (None, "constant")
+    assert lm_task.resolve(model="gru", hidden=128.0).rnn.hidden == 128          # plain Python types
     mt = translate_task.resolve(model="transformer")
     assert (mt.transformer.d_model, mt.train.label_smoothing, mt.optim.warmup) == (256, 0.1, 200)
 
@@ -166,6 +170,31 @@ def test_resume_after_the_training_file_changed_is_refused(trained, tmp_path, ca
     # the new data is the run's data from now on
     assert cli.main(["train", "lm", "--workdir", run, "--resume", "--steps", 7, "--no-progress", "--sample", "0",
                      "--no-baseline"]) == 0
+
+
+def test_restart_keeps_the_saved_settings_and_foreign_folders(trained, tmp_path):
+    corpus, workdir = trained
+    run = tmp_path / "run"
+    subprocess.run(["cp", "-r", str(workdir), str(run)], check=True)
+    (run / "checkpoints" / "77").mkdir()
+    (run / "checkpoints" / "77" / "mine.txt").write_text("not jaxseq's")
+    assert cli.main(["train", "lm", "--workdir", run, "--restart", "--lr", 0.005, "--steps", 2, "--no-progress",
+                     "--sample", 0, "--no-baseline"]) == 0
+    saved = json.loads((run / "config.json").read_text())
+    assert (saved["rnn"]["hidden"], saved["data"]["seq_len"], saved["optim"]["lr"]) == (16, 8, 0.005)
+    assert json.loads((run / "results.json").read_text())["step"] == 2
+    assert (run / "checkpoints" / "77" / "mine.txt").read_text() == "not jaxseq's"
+    assert sorted(p.name for p in (run / "checkpoints").iterdir() if p.name != "77") == ["2"]
+
+
+def test_a_refused_resume_leaves_config_json_as_it_was(trained, tmp_path):
+    corpus, workdir = trained
+    run = tmp_path / "run"
+    subprocess.run(["cp", "-r", str(workdir), str(run)], check=True)
+    (run / "vocab.json").write_text((run / "vocab.json").read_text().replace('"a"', '"A"'))  # another vocabulary
+    before = (run / "config.json").read_text()
+    assert cli.main(["train", "lm", "--workdir", run, "--resume", "--steps", 9, "--lr", 0.5]) == 1
+    assert (run / "config.json").read_text() == before
 
 
 def test_data_is_saved_by_absolute_path_and_read_from_anywhere(trained, tmp_path, monkeypatch, capsys):

@@ -75,9 +75,9 @@ def register(spec: ModelSpec) -> ModelSpec:
 def _load() -> None:
     global _loaded
     if not _loaded:
-        _loaded = True
         for module in _MODULES:
             importlib.import_module(module)
+        _loaded = True
 
 
 def names(task: str) -> tuple[str, ...]:

@@ -109,12 +109,16 @@ class Task(abc.ABC):
     builtin_data: ClassVar[tuple[str, ...]] = ()     # data names that are never files
 
     # -- configs --------------------------------------------------------------------------
-    def resolve(self, given: Mapping[str, Any] | None = None, *, warn_unused: bool = True) -> Run:
+    def resolve(self, given: Mapping[str, Any] | None = None, *, warn_unused: bool = True,
+                validate: bool = True) -> Run:
         """A :class:`Run` from flags ``given`` by field name (``{"hidden": 128, "lr": 1e-3}``).
 
         Each field takes the flag's value if given, else the model's
-        registered default, else the dataclass default. A given flag that
-        the chosen model does not read is reported (not silently dropped).
+        registered default, else the dataclass default; a flag declared
+        ``governs`` (``--optimizer``) drops the model's defaults of its
+        section. A given flag that the chosen model does not read is reported
+        (not silently dropped). ``validate=False`` for flags that only amend
+        a saved run (``--resume``): the merged config is validated instead.
         """
         given = dict(given or {})
         known = {f.name for cls in self.sections.values() for f in dataclasses.fields(cls)}
@@ -129,17 +133,19 @@ class Task(abc.ABC):
         for section, cls in self.sections.items():
             if section in self.families and section not in spec.sections:
                 continue
-            fields = {f.name for f in dataclasses.fields(cls)}
-            values = {**{k: v for k, v in spec.defaults.get(section, {}).items()},
-                      **{k: v for k, v in given.items() if k in fields}}
-            sections[section] = cls(**values)
+            types = config_lib.field_types(cls)
+            mine = {k: config_lib.plain(v, types[k]) for k, v in given.items() if k in types}
+            governed = any(config_lib.field_metadata(cls, k).get("governs") for k in mine)
+            defaults = {} if governed else dict(spec.defaults.get(section, {}))
+            sections[section] = cls(**{**defaults, **mine})
         used = {f.name for c in sections.values() for f in dataclasses.fields(c)}
         unused = sorted(k for k in given if k not in used)
         if unused and warn_unused:
             flags = ", ".join("--" + k.replace("_", "-") for k in unused)
             warn(f"--model {name} does not use {flags}; ignored")
         run = Run(self.name, sections)
-        run.validate()
+        if validate:
+            run.validate()
         return run
 
     def run_from_dict(self, data: dict, where: str) -> Run:
@@ -257,7 +263,8 @@ def train(task: Task, run: Run, workdir: WorkdirLike, *, resume: bool = False, r
     workdir = Workdir.of(workdir)
     if resume and restart:
         raise ConfigError("give --resume (continue the run) or --restart (start it again), not both")
-    run.validate()
+    if not (resume or restart):
+        run.validate()
     # a data file is saved by its absolute path: readers may run from another directory
     run = Run(run.task, dict(run.sections, data=dataclasses.replace(
         run.data, data=absolute_data(run.data.data, task.builtin_data))))
@@ -268,13 +275,16 @@ def train(task: Task, run: Run, workdir: WorkdirLike, *, resume: bool = False, r
     with workdir.lock():
         config = workdir.plan(run.to_dict(), resume=resume, restart=restart, given=given, sections=task.sections)
         run = task.run_from_dict(config, str(workdir.config_path))
+        run.validate()
         vocabs = _saved_vocabs(task, workdir) if resume else None
         data = task.load_data(run, vocabs)            # refuses bad data before anything is written
         echo(f"data: {task.describe_data(data)}")
         task.check_data(run, data)
         if restart:
             workdir.discard_run(task.vocab_files)
-        workdir.save_config(config)
+        save_config = lambda: workdir.save_config(config)
+        if not (resume and run.spec.neural):
+            save_config()
         vocabs = task.vocabs(data)
         if not resume and jax.process_index() == 0:
             for name, vocab in vocabs.items():
@@ -282,11 +292,13 @@ def train(task: Task, run: Run, workdir: WorkdirLike, *, resume: bool = False, r
         if not run.spec.neural:
             return task.fit_counts(run, data, workdir, echo)
         return _train_neural(task, run, data, vocabs, workdir, resume=resume, fallback=fallback,
-                             allow_data_change=allow_data_change, echo=echo, options=options)
+                             allow_data_change=allow_data_change, echo=echo, options=options,
+                             restored=save_config if resume else None)
 
 
 def _train_neural(task: Task, run: Run, data: Any, vocabs: dict[str, Vocab], workdir: Workdir, *, resume: bool,
-                  fallback: bool, allow_data_change: bool, echo: Echo, options: dict) -> dict:
+                  fallback: bool, allow_data_change: bool, echo: Echo, options: dict,
+                  restored: Callable[[], None] | None = None) -> dict:
     spec = run.spec
     mesh = parallel.mesh_from_config(run.parallel)
     parallel.check_batch_size(run.data.batch_size, mesh)
@@ -312,6 +324,8 @@ def _train_neural(task: Task, run: Run, data: Any, vocabs: dict[str, Vocab], wor
             state, data_state, step = checkpointer.restore(trainer.abstract_state(state), expected,
                                                            fallback=fallback, warn=warn)
             batches.set_state(data_state)
+            if restored is not None:
+                restored()                  # the amended config.json, now that the checkpoint fits
             metrics_log.truncate_after(step, warn=warn)
             echo(f"resumed from step {step}")
         expected = dataclasses.replace(expected, data=fingerprint)    # what the checkpoints from now on hold
