@@ -137,10 +137,16 @@ def test_a_foreign_directory_is_refused_and_left_untouched(tmp_path):
 def test_a_legacy_run_is_owned_and_marked_by_its_next_writer(tmp_path):
     legacy = tmp_path / "old-run"
     legacy.mkdir()
-    (legacy / "config.json").write_text(json.dumps({"task": "lm", "model": {"model": "gru"}}))
+    (legacy / "config.json").write_text(json.dumps({"task": "lm", "model": {"model": "gru"}, "train": {},
+                                                    "optim": {}}))
     (legacy / "metrics.jsonl").write_text("")
     wd = Workdir(legacy)
     assert wd.is_owned() and wd.read_marker() is None
+    # a config.json of something else is not a jaxseq run
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "config.json").write_text(json.dumps({"task": "classify", "model": "resnet"}))
+    assert not Workdir(other).is_owned()
     with wd.lock():
         marker = wd.read_marker()
     assert marker is not None and marker["adopted"] is True
