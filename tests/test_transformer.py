@@ -182,7 +182,8 @@ def test_cli_train_and_generate(tmp_path, capsys):
     assert "transformer: validation perplexity" in out and "sample:" in out
     config = json.loads((workdir / "config.json").read_text())
     assert config["model"]["model"] == "transformer" and config["transformer"]["heads"] == 2
-    assert "rnn" not in config and config["optim"]["schedule"] == "cosine"      # the model's own defaults
+    assert "rnn" not in config and config["transformer"]["norm"] == "pre"      # the model's own defaults,
+    assert config["optim"]["schedule"] == "constant"             # but --optimizer drops its optimizer defaults
     assert cli.main(["generate", "--workdir", str(workdir), "--prefix", "the q", "--length", "30", "--seed", "1"]) == 0
     generated = capsys.readouterr().out.rstrip("\n")
     for token in ("<pad>", "<bos>", "<eos>", "<unk>"):   # 4 steps of training may still sample these
