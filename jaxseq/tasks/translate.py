@@ -212,12 +212,6 @@ def train_translate(run: Run, workdir: WorkdirLike, *, resume: bool = False, giv
 
 # -- using a trained run ------------------------------------------------------------------------
 
-def load_model(workdir: WorkdirLike) -> runner.Loaded:
-    """The run, vocabularies, model and parameters of the newest complete checkpoint in ``workdir``."""
-    workdir = Workdir.of(workdir)
-    return runner.load(workdir, TASK)
-
-
 def evaluate_translate(workdir: WorkdirLike, data: str | None = None, *, beam: int | None = None,
                        alpha: float | None = None, allow_data_change: bool = False) -> dict:
     """Loss, corpus BLEU and exact match of the run's model on ``data`` (TSV pairs) or its validation split.
