@@ -30,6 +30,13 @@ def numpy_step(name, p, carry, x):
         h_tilde = np.tanh(x @ p["W_xh"] + r * (h @ p["W_hh"] + p["b_hh"]) + p["b_h"])
         h = z * h + (1 - z) * h_tilde
         return h, h
+    if name == "gru-before":        # the notes' form: the reset gate scales H_{t-1} before the product
+        h = carry
+        r = _sigmoid(x @ p["W_xr"] + h @ p["W_hr"] + p["b_r"])
+        z = _sigmoid(x @ p["W_xz"] + h @ p["W_hz"] + p["b_z"])
+        h_tilde = np.tanh(x @ p["W_xh"] + (r * h) @ p["W_hh"] + p["b_h"])
+        h = z * h + (1 - z) * h_tilde
+        return h, h
     h, c = carry
     i = _sigmoid(x @ p["W_xi"] + h @ p["W_hi"] + p["b_i"])
     f = _sigmoid(x @ p["W_xf"] + h @ p["W_hf"] + p["b_f"])
@@ -65,11 +72,14 @@ def _random_params(cell, key, i=5, h=6):
             for (k, v), kk in zip(sorted(p.items()), keys)}
 
 
-CELL_NAMES = ["rnn", "rnn-relu", "gru", "lstm"]
+CELL_NAMES = ["rnn", "rnn-relu", "gru", "gru-before", "lstm"]
 
 
 def _cell(name):
-    """The cell a test case names ("rnn-relu": the plain RNN with phi = relu)."""
+    """The cell a test case names ("rnn-relu": the plain RNN with phi = relu; "gru-before": the
+    notes' GRU, reset gate before the product)."""
+    if name == "gru-before":
+        return cells.get_cell("gru", reset="before")
     return cells.get_cell("rnn", "relu") if name == "rnn-relu" else cells.get_cell(name)
 VARIANTS = [(layout, backward) for layout in cells.LAYOUTS for backward in cells.BACKWARDS]
 
@@ -104,7 +114,7 @@ def test_run_matches_numpy_with_lengths(name, reverse):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("name", ["rnn", "gru", "lstm"])
+@pytest.mark.parametrize("name", ["rnn", "gru", "gru-before", "lstm"])
 @pytest.mark.parametrize("layout", cells.LAYOUTS)
 def test_custom_bptt_gradients_check_in_float64(name, layout):
     """Numerical vs analytic gradients (jax.test_util.check_grads) of the hand-written BPTT."""
@@ -193,7 +203,7 @@ def test_gru_equals_flax_gru_cell_with_mapped_weights():
     np.testing.assert_allclose(our_hs, flax_hs, rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("name", ["gru", "lstm"])
+@pytest.mark.parametrize("name", ["gru", "gru-before", "lstm"])
 def test_padding_never_changes_a_sequence(name):
     """Appending padding (masked steps) leaves outputs and the final state unchanged."""
     cell = _cell(name)
@@ -261,3 +271,5 @@ def test_bad_options_are_config_errors():
         cells.run(cells.GRU, p, xs, backward="magic")
     with pytest.raises(ConfigError, match="unknown cell"):
         cells.get_cell("transformer")
+    with pytest.raises(ConfigError, match="GRU reset"):
+        cells.get_cell("gru", reset="sometimes")

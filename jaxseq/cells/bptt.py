@@ -15,6 +15,13 @@ by hand::
 
     dH_{t-1} = dcore/dH_{t-1} + sum_g dA^h_{g,t} W_hg^T
 
+A *late* gate (the reset-before GRU's candidate) multiplies a gated state
+``U_t = R_t * H_{t-1}`` rather than ``H_{t-1}``; its term is undone through
+``U`` (:func:`_late_backward`), and its weight gradient reads ``U``::
+
+    dU_t = dA^h_{h,t} W_hh^T,   dH_{t-1} += dU_t * R_t,   dR_t = dU_t * H_{t-1}
+    dW_hh = sum_t U_t^T dA^h_{h,t}
+
 Every weight gradient is then ONE matmul after the loop, the time and batch
 axes flattened together (:func:`_recurrent_grads`, :func:`_input_grads`)::
 
@@ -27,7 +34,8 @@ With the hoisted layout the layer's input is ``a^x`` itself: its cotangent is
 
 This module does not import :mod:`jaxseq.cells.gated` (which imports it): the
 cell is passed in, anything with ``gates``, ``h_bias``, ``core``,
-``project_input`` and ``project_hidden`` (a :class:`jaxseq.cells.gated.Cell`).
+``project_input``, ``project_hidden``, ``preactivate_hidden``, ``early``, ``late`` and
+``late_input`` (a :class:`jaxseq.cells.gated.Cell`).
 The masked step (:func:`_masked_core`) is shared with ``run``'s autodiff runner.
 Shapes here are time-major: ``(T, B, ...)``.
 """
@@ -85,7 +93,7 @@ def _forward_saving(cell, params, inputs, carry, keep, reverse, hoisted, remat):
     def body(c, inp):
         x, m = inp
         gx = x if hoisted else cell.project_input(params, x)
-        gh = cell.project_hidden(params, _hidden(c))
+        gh = cell.preactivate_hidden(params, gx, c)
         new, h = _masked_core(cell, gx, gh, c, m)
         saved_gh = None if remat else gh
         saved_gx = None if (remat or hoisted) else gx
@@ -97,7 +105,7 @@ def _forward_saving(cell, params, inputs, carry, keep, reverse, hoisted, remat):
 
 def _backward_loop(cell, params, inputs, saved, keep, dcarry_T, dhs, reverse, hoisted):
     """Reverse-time scan carrying ``dH`` only (the ``dH_{t-1}`` equation above);
-    returns ``dcarry_0`` and the per-step ``dA^x``, ``dA^h``."""
+    returns ``dcarry_0``, the per-step ``dA^x``, ``dA^h`` and the late gates' states ``U_t``."""
     carries, gh_all, gx_all = saved
     xs = inputs if gx_all is None else None
 
@@ -106,27 +114,48 @@ def _backward_loop(cell, params, inputs, saved, keep, dcarry_T, dhs, reverse, ho
         if gx is None:
             gx = x if hoisted else cell.project_input(params, x)
         if gh is None:
-            gh = cell.project_hidden(params, _hidden(c))
+            gh = cell.preactivate_hidden(params, gx, c)
         _, vjp = jax.vjp(lambda gx_, gh_, c_: _masked_core(cell, gx_, gh_, c_, m), gx, gh, c)
         dgx, dgh, dc_prev = vjp((dc, dh))
-        back = sum(dgh[g] @ params[f"W_h{g}"].T.astype(dgh[g].dtype) for g in cell.gates)
-        return _add_to_hidden(dc_prev, back), (dgx, dgh)
+        us = None
+        if cell.late:
+            dgx, dgh, dc_prev, us = _late_backward(cell, params, gx, gh, c, dgx, dgh, dc_prev)
+        back = sum(dgh[g] @ params[f"W_h{g}"].T.astype(dgh[g].dtype) for g in cell.early)
+        return _add_to_hidden(dc_prev, back), (dgx, dgh, us)
 
-    dcarry0, (dgx_all, dgh_all) = jax.lax.scan(
+    dcarry0, (dgx_all, dgh_all, us_all) = jax.lax.scan(
         body, dcarry_T, (carries, gh_all, gx_all, xs, keep, dhs), reverse=not reverse)
-    return dcarry0, dgx_all, dgh_all
+    return dcarry0, dgx_all, dgh_all, us_all
+
+
+def _late_backward(cell, params, gx, gh, c, dgx, dgh, dc_prev):
+    """Undo the late gates' products ``a^h_g = U_g W_hg`` with ``U = late_input(a^x, a^h_early, H_{t-1})``::
+
+        dU_g = dA^h_g W_hg^T,   then the VJP of ``late_input`` adds to ``dA^x``, ``dA^h_early``, ``dH_{t-1}``
+
+    (the reset-before GRU: ``dR_t = dU * H_{t-1}`` flows into the reset gate's
+    pre-activations, ``dH_{t-1} += dU * R_t``). Returns the updated cotangents and ``U``."""
+    early = {g: gh[g] for g in cell.early}
+    us, late_vjp = jax.vjp(cell.late_input, gx, early, _hidden(c))
+    du = {g: dgh[g] @ params[f"W_h{g}"].T.astype(dgh[g].dtype) for g in us}
+    dgx_late, dgh_late, dh_late = late_vjp(du)
+    dgx = jax.tree_util.tree_map(jnp.add, dgx, dgx_late)
+    dgh = {g: dgh[g] + dgh_late[g] if g in dgh_late else dgh[g] for g in dgh}
+    return dgx, dgh, _add_to_hidden(dc_prev, dh_late), us
 
 
 def _flat(a: Array) -> Array:
     return a.reshape(-1, a.shape[-1])
 
 
-def _recurrent_grads(cell, params, carries, dgh_all) -> dict[str, Array]:
-    """``dW_hg`` (one matmul each) and ``db_hg`` from the saved carries (equations above)."""
+def _recurrent_grads(cell, params, carries, dgh_all, us_all) -> dict[str, Array]:
+    """``dW_hg`` (one matmul each) and ``db_hg`` from the saved carries (equations above);
+    a late gate's product read ``U_g`` rather than ``H_{t-1}``: ``dW_hg = sum_t U_{g,t}^T dA^h_{g,t}``."""
     h_prev = _flat(_hidden(carries))
     grads = {}
     for g in cell.gates:
-        grads[f"W_h{g}"] = (h_prev.T @ _flat(dgh_all[g])).astype(params[f"W_h{g}"].dtype)
+        read = _flat(us_all[g]) if g in cell.late else h_prev
+        grads[f"W_h{g}"] = (read.T @ _flat(dgh_all[g])).astype(params[f"W_h{g}"].dtype)
         if g in cell.h_bias:
             grads[f"b_h{g}"] = _flat(dgh_all[g]).sum(0).astype(params[f"b_h{g}"].dtype)
     return grads
@@ -165,9 +194,9 @@ def _recurrence_fwd(cell, params, inputs, carry, keep, reverse, hoisted, remat):
 def _recurrence_bwd(cell, reverse, hoisted, remat, res, cotangents):
     params, inputs, saved, keep = res
     dcarry_T, dhs = cotangents
-    dcarry0, dgx_all, dgh_all = _backward_loop(cell, params, inputs, saved, keep, dcarry_T, dhs,
-                                               reverse, hoisted)
-    grads = _recurrent_grads(cell, params, saved[0], dgh_all)
+    dcarry0, dgx_all, dgh_all, us_all = _backward_loop(cell, params, inputs, saved, keep, dcarry_T, dhs,
+                                                       reverse, hoisted)
+    grads = _recurrent_grads(cell, params, saved[0], dgh_all, us_all)
     if hoisted:
         return grads, dgx_all, dcarry0, _zero_cotangent(keep)
     input_grads, dxs = _input_grads(cell, params, inputs, dgx_all)

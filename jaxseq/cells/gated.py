@@ -12,18 +12,26 @@ RNN (``rnn``; gate ``h``)::
 
     H_t = phi(X_t W_xh + H_{t-1} W_hh + b_h)          phi = tanh or relu
 
-GRU (``gru``; gates ``r``, ``z``, ``h``)::
+GRU (``gru``; gates ``r``, ``z``, ``h``), in two forms (``reset=``, ``--gru-reset``).
+The notes' form, ``reset="before"`` (Cho et al., 2014; the lecture notes'
+Bahdanau decoder; D2L's from-scratch GRU): the reset gate scales the state
+*before* the recurrent product::
 
     R_t  = sigma(X_t W_xr + H_{t-1} W_hr + b_r)        reset gate
     Z_t  = sigma(X_t W_xz + H_{t-1} W_hz + b_z)        update gate
-    H~_t = tanh(X_t W_xh + R_t * (H_{t-1} W_hh + b_hh) + b_h)   candidate state
+    H~_t = tanh(X_t W_xh + (R_t * H_{t-1}) W_hh + b_h)  candidate state
     H_t  = Z_t * H_{t-1} + (1 - Z_t) * H~_t
 
-  This is the "reset after" form of Cho et al. (2014) used by cuDNN, PyTorch,
-  Keras and Flax's ``GRUCell``: the reset gate scales ``H_{t-1} W_hh`` rather
-  than ``H_{t-1}`` (D2L writes ``(R_t * H_{t-1}) W_hh``). It has the same
-  expressive power, lets all three recurrent products be taken at once, and
-  makes our GRU equal to Flax's and PyTorch's given the same weights.
+  ``reset="after"`` (cuDNN, PyTorch, Keras, Flax's ``GRUCell``): the reset
+  gate scales the product, which has its own bias ``b_hh``::
+
+    H~_t = tanh(X_t W_xh + R_t * (H_{t-1} W_hh + b_hh) + b_h)
+
+  It lets all three recurrent products be taken at once (the after form's
+  products do not wait for ``R_t``) and makes the GRU equal to Flax's and
+  PyTorch's given the same weights. In the before form the candidate's
+  recurrent product reads ``R_t * H_{t-1}``: it is a *late* gate (``Cell.late``),
+  whose product is taken after the early gates' pre-activations.
 
 LSTM (``lstm``; gates ``i``, ``f``, ``o``, ``c``; carry ``(H, C)``)::
 
@@ -78,20 +86,57 @@ BACKWARDS = ("custom", "autodiff")
 # --------------------------------------------------------------------------------------
 
 def _rnn_core(gx: dict, gh: dict, h: Array, activation: str) -> tuple[Array, Array]:
+    """``H_t = phi(X_t W_xh + H_{t-1} W_hh + b_h)``, phi = tanh or relu; ``gx["h"]``, ``gh["h"]`` ``(B, H)``."""
     pre = gx["h"] + gh["h"]
     h_new = jnp.tanh(pre) if activation == "tanh" else jax.nn.relu(pre)
     return h_new, h_new
 
 
-def _gru_core(gx: dict, gh: dict, h: Array) -> tuple[Array, Array]:
-    r = jax.nn.sigmoid(gx["r"] + gh["r"])
-    z = jax.nn.sigmoid(gx["z"] + gh["z"])
-    h_tilde = jnp.tanh(gx["h"] + r * gh["h"])
+def _gru_gates(gx: dict, gh: dict) -> tuple[Array, Array]:
+    """``R_t = sigma(X_t W_xr + H_{t-1} W_hr + b_r)``, ``Z_t = sigma(X_t W_xz + H_{t-1} W_hz + b_z)``."""
+    return jax.nn.sigmoid(gx["r"] + gh["r"]), jax.nn.sigmoid(gx["z"] + gh["z"])
+
+
+def _gru_update(z: Array, h: Array, h_tilde: Array) -> tuple[Array, Array]:
+    """``H_t = Z_t * H_{t-1} + (1 - Z_t) * H~_t``."""
     h_new = z * h + (1.0 - z) * h_tilde
     return h_new, h_new
 
 
+def _gru_core(gx: dict, gh: dict, h: Array) -> tuple[Array, Array]:
+    """The GRU, reset after: ``H~_t = tanh(X_t W_xh + b_h + R_t * (H_{t-1} W_hh + b_hh))``.
+
+    ``gx[g] = X_t W_xg + b_g`` and ``gh[g] = H_{t-1} W_hg (+ b_hh)``, all ``(B, H)``.
+    """
+    r, z = _gru_gates(gx, gh)
+    return _gru_update(z, h, jnp.tanh(gx["h"] + r * gh["h"]))
+
+
+def _gru_reset_state(gx: dict, gh: dict, h: Array) -> dict[str, Array]:
+    """What the reset-before candidate's recurrent product reads: ``{"h": R_t * H_{t-1}}``."""
+    r, _ = _gru_gates(gx, gh)
+    return {"h": r * h}
+
+
+def _gru_before_core(gx: dict, gh: dict, h: Array) -> tuple[Array, Array]:
+    """The GRU, reset before (the notes' form): ``H~_t = tanh(X_t W_xh + b_h + (R_t * H_{t-1}) W_hh)``.
+
+    ``gh["h"] = (R_t * H_{t-1}) W_hh`` was taken by :meth:`Cell.preactivate_hidden`
+    from :func:`_gru_reset_state`; ``gh["r"]``, ``gh["z"]`` as in :func:`_gru_core`.
+    """
+    _, z = _gru_gates(gx, gh)
+    return _gru_update(z, h, jnp.tanh(gx["h"] + gh["h"]))
+
+
 def _lstm_core(gx: dict, gh: dict, carry: tuple[Array, Array]) -> tuple[tuple[Array, Array], Array]:
+    """The LSTM step (gates ``i f o c``; carry ``(H, C)``)::
+
+        I_t = sigma(a_i)   F_t = sigma(a_f)   O_t = sigma(a_o)   C~_t = tanh(a_c)
+        C_t = F_t * C_{t-1} + I_t * C~_t
+        H_t = O_t * tanh(C_t)
+
+    with ``a_g = X_t W_xg + H_{t-1} W_hg + b_g = gx[g] + gh[g]`` ``(B, H)``.
+    """
     _, c = carry
     i = jax.nn.sigmoid(gx["i"] + gh["i"])
     f = jax.nn.sigmoid(gx["f"] + gh["f"])
@@ -110,6 +155,9 @@ class Cell:
     ``h_bias``        gates whose recurrent projection has its own bias (GRU: ``h``)
     ``carry_parts``   1 for a carry ``H``, 2 for ``(H, C)``
     ``core``          ``(gx, gh, carry) -> (carry, H_t)``, pointwise
+    ``late``          gates whose recurrent product reads a gated state rather
+                      than ``H_{t-1}`` (the reset-before GRU: ``h`` reads ``R_t * H_{t-1}``)
+    ``late_input``    ``(gx, gh_early, carry) -> {g: state (B, H)}`` for the late gates
     """
 
     name: str
@@ -118,6 +166,8 @@ class Cell:
     h_bias: tuple[str, ...] = ()
     carry_parts: int = 1
     forget_bias: float = 0.0     # added to the LSTM forget-gate bias at init
+    late: tuple[str, ...] = ()
+    late_input: Callable[..., dict[str, Array]] | None = None
 
     # -- parameters ----------------------------------------------------------
     def init(self, key: Array, input_size: int, hidden_size: int, dtype=jnp.float32) -> Params:
@@ -156,21 +206,35 @@ class Cell:
         return {g: add_bias(x @ params[f"W_x{g}"].astype(x.dtype), params[f"b_{g}"].astype(x.dtype))
                 for g in self.gates}
 
-    def project_hidden(self, params: Params, h: Array) -> dict[str, Array]:
-        """``a^h_g = H W_hg (+ b_hg)`` for every gate; ``h`` is ``(B, H)``."""
+    def project_hidden(self, params: Params, h: Array, gates: tuple[str, ...] | None = None) -> dict[str, Array]:
+        """``a^h_g = H W_hg (+ b_hg)`` for the early gates (or ``gates``); ``h`` is ``(B, H)``."""
         out = {}
-        for g in self.gates:
+        for g in (self.early if gates is None else gates):
             a = h @ params[f"W_h{g}"].astype(h.dtype)
             if g in self.h_bias:
                 a = add_bias(a, params[f"b_h{g}"].astype(h.dtype))
             out[g] = a
         return out
 
+    @property
+    def early(self) -> tuple[str, ...]:
+        """The gates whose recurrent product reads ``H_{t-1}`` itself."""
+        return tuple(g for g in self.gates if g not in self.late)
+
+    def preactivate_hidden(self, params: Params, gx: dict[str, Array], carry: Carry) -> dict[str, Array]:
+        """``a^h_g`` for every gate: the early gates from ``H_{t-1}``, then each late
+        gate from its gated state (``late_input``), e.g. ``(R_t * H_{t-1}) W_hh``."""
+        gh = self.project_hidden(params, _hidden(carry))
+        if self.late:
+            for g, u in self.late_input(gx, gh, _hidden(carry)).items():
+                gh.update(self.project_hidden(params, u, (g,)))
+        return gh
+
     # -- one step and a whole layer ------------------------------------------
     def step(self, params: Params, carry: Carry, x: Array) -> tuple[Carry, Array]:
         """One time step: ``x`` is ``(B, I)``; returns ``(carry_t, H_t)``."""
-        h = _hidden(carry)
-        return self.core(self.project_input(params, x), self.project_hidden(params, h), carry)
+        gx = self.project_input(params, x)
+        return self.core(gx, self.preactivate_hidden(params, gx, carry), carry)
 
     def scan(self, params: Params, xs: Array, carry: Carry | None = None, **kwargs) -> tuple[Carry, Array]:
         """Run over ``xs`` ``(B, T, I)``; see :func:`run` for the options."""
@@ -191,16 +255,25 @@ def rnn_cell(activation: str = "tanh") -> Cell:
 
 
 RNN = rnn_cell("tanh")
-GRU = Cell("gru", ("r", "z", "h"), _gru_core, h_bias=("h",))
+GRU_AFTER = Cell("gru", ("r", "z", "h"), _gru_core, h_bias=("h",))
+GRU_BEFORE = Cell("gru-reset-before", ("r", "z", "h"), _gru_before_core, late=("h",),
+                  late_input=_gru_reset_state)
+GRU_RESETS = {"before": GRU_BEFORE, "after": GRU_AFTER}
+GRU = GRU_AFTER
 LSTM = Cell("lstm", ("i", "f", "o", "c"), _lstm_core, carry_parts=2, forget_bias=1.0)
 CELLS: dict[str, Cell] = {"rnn": RNN, "gru": GRU, "lstm": LSTM}
 
 
-def get_cell(name: str, activation: str = "tanh") -> Cell:
-    """The cell ``name`` (``rnn``, ``gru``, ``lstm``); ``activation`` is the plain RNN's phi."""
+def get_cell(name: str, activation: str = "tanh", reset: str = "after") -> Cell:
+    """The cell ``name`` (``rnn``, ``gru``, ``lstm``); ``activation`` is the plain RNN's phi,
+    ``reset`` the GRU's form (``before``: the notes', ``after``: cuDNN's)."""
     if name not in CELLS:
         raise ConfigError(f"unknown cell {name!r}; choose one of {', '.join(CELLS)}")
-    return rnn_cell(activation) if CELLS[name] is RNN else CELLS[name]
+    if reset not in GRU_RESETS:
+        raise ConfigError(f"GRU reset must be one of {', '.join(GRU_RESETS)}, got {reset!r}")
+    if CELLS[name] is RNN:
+        return rnn_cell(activation)
+    return GRU_RESETS[reset] if CELLS[name] is GRU else CELLS[name]
 
 
 # --------------------------------------------------------------------------------------
@@ -222,7 +295,7 @@ def _scan_autodiff(cell: Cell, params: Params, xs_or_gx, carry: Carry, keep, rev
     def body(c, inp):
         x, m = inp
         gx = x if hoisted else cell.project_input(params, x)
-        return _masked_core(cell, gx, cell.project_hidden(params, _hidden(c)), c, m)
+        return _masked_core(cell, gx, cell.preactivate_hidden(params, gx, c), c, m)
 
     if remat:
         body = jax.checkpoint(body)
