@@ -4,6 +4,7 @@ Attention pools values ``v_k`` with weights given by a score of each query
 ``q`` against each key ``k_k``::
 
     a(q, k_k)       = q . k_k / sqrt(d)                     scaled dot product  (dot_product_scores)
+    a(q, k_k)       = q . k_k                               the notes' dot score (dot_product_scores, scale=1)
     a(q, k_k)       = w_v^T tanh(W_q q + W_k k_k)            additive (Bahdanau) (additive_scores)
     alpha(q, k_k)   = exp(a(q, k_k)) / sum_{k' valid} exp(a(q, k'))   for valid k, else 0
                                                                               (masked_softmax)
@@ -125,9 +126,15 @@ def _masked_softmax(scores: Array, keep: Array | None) -> Array:
     return e * inv
 
 
-def dot_product_scores(q: Array, k: Array) -> Array:
-    """``q . k / sqrt(d)``: ``q`` ``(..., Q, d)``, ``k`` ``(..., K, d)`` -> ``(..., Q, K)``."""
-    return jnp.einsum("...qd,...kd->...qk", q * (1.0 / math.sqrt(q.shape[-1])), k)
+def dot_product_scores(q: Array, k: Array, scale: float | None = None) -> Array:
+    """``a(q, k) = scale * q . k``: ``q`` ``(..., Q, d)``, ``k`` ``(..., K, d)`` -> ``(..., Q, K)``.
+
+    ``scale`` defaults to ``1 / sqrt(d)`` (Vaswani et al.: keeps the scores'
+    variance 1 for unit-variance ``q`` and ``k``); ``scale=1`` is the notes'
+    dot score ``a(s, h) = s^T h``.
+    """
+    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
+    return jnp.einsum("...qd,...kd->...qk", q if scale == 1.0 else q * scale, k)
 
 
 def additive_init(key: Array, dq: int, dk: int, hidden: int, dtype: Any = jnp.float32) -> Params:

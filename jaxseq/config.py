@@ -44,9 +44,15 @@ T = TypeVar("T")
 def option(default: Any, help: str, *, choices: typing.Sequence[Any] | None = None, flag: str | None = None,
            minimum: float | None = None, above: float | None = None, below: float | None = None,
            maximum: float | None = None, resumable: bool = False, excludes: str | None = None,
-           governs: bool = False) -> Any:
-    """A dataclass field with its help, its rules and the metadata the CLI needs."""
+           governs: bool = False, legacy: Any = dataclasses.MISSING) -> Any:
+    """A dataclass field with its help, its rules and the metadata the CLI needs.
+
+    ``legacy``: the value a saved config that predates the field meant (when
+    it differs from today's default), filled in by :func:`from_dict`.
+    """
     meta: dict[str, Any] = {"help": help, "resumable": resumable, "governs": governs}
+    if legacy is not dataclasses.MISSING:
+        meta["legacy"] = legacy
     for key, value in (("choices", None if choices is None else tuple(choices)), ("flag", flag), ("excludes", excludes),
                        ("minimum", minimum), ("above", above), ("below", below), ("maximum", maximum)):
         if value is not None:
@@ -211,13 +217,19 @@ def to_dict(config: Any) -> dict[str, Any]:
 
 
 def from_dict(cls: type[T], data: dict[str, Any], *, where: str = "config") -> T:
-    """Rebuild a config saved by :func:`to_dict`; unknown keys are an error."""
+    """Rebuild a config saved by :func:`to_dict`; unknown keys are an error.
+
+    A field the saved config lacks takes its ``legacy`` value (what configs
+    written before the field existed meant), else its default.
+    """
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - names)
     if unknown:
         raise ConfigError(f"{where}: unknown {cls.__name__} field(s) {', '.join(unknown)}; "
                           "was it written by another jaxseq version?")
-    return cls(**data)
+    legacy = {f.name: f.metadata["legacy"] for f in dataclasses.fields(cls)
+              if "legacy" in f.metadata and f.name not in data}
+    return cls(**{**legacy, **data})
 
 
 def dumps(data: Any) -> str:

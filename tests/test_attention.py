@@ -62,6 +62,9 @@ def test_scores_against_loops():
     s = np.asarray(A.dot_product_scores(jnp.asarray(q), jnp.asarray(k)))
     ref = np.array([[[q[b, i] @ k[b, j] / np.sqrt(6) for j in range(4)] for i in range(3)] for b in range(2)])
     np.testing.assert_allclose(s, ref, rtol=1e-5, atol=1e-6)
+    # the notes' dot score s^T h: no 1/sqrt(d)
+    s = np.asarray(A.dot_product_scores(jnp.asarray(q), jnp.asarray(k), scale=1.0))
+    np.testing.assert_allclose(s, ref * np.sqrt(6), rtol=1e-5, atol=1e-6)
     params = A.additive_init(jax.random.PRNGKey(0), 6, 5, 7)
     assert {n: p.shape for n, p in params.items()} == {"W_q": (6, 7), "W_k": (5, 7), "w_v": (7,)}
     k2 = _rand(rng, 2, 4, 5)

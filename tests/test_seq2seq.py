@@ -120,10 +120,99 @@ def test_decode_step_computes_what_training_computes(setup, batch):
     _decode_step_equals_teacher_forcing(setup, batch)
 
 
-def test_dot_product_scoring(batch):
-    setup = Setup("dot", batch)
+@pytest.mark.parametrize("score", ["dot", "dot-unscaled"])
+def test_dot_product_scoring(batch, score):
+    setup = Setup(score, batch)
     _source_padding_is_ignored(setup, batch)
     _decode_step_equals_teacher_forcing(setup, batch)
+
+
+def _sigmoid(x):
+    return 1.0 / (1.0 + np.exp(-x))
+
+
+def _notes_gru(p, y, c, s):
+    """One GRU step written from the notes' equations, the matrices named as there (float64):
+    ``W_y*`` / ``W_c*`` are the rows of ``W_x*`` that read ``y`` / ``c`` (``c`` may be empty)."""
+    e = y.shape[-1]
+    W = {g: (p[f"W_x{g}"][:e], p[f"W_x{g}"][e:], p[f"W_h{g}"], p[f"b_{g}"]) for g in "rzh"}
+    W_yr, W_cr, W_sr, b_r = W["r"]
+    W_yz, W_cz, W_sz, b_z = W["z"]
+    W_ys, W_cs, W_ss, b_s = W["h"]
+    r = _sigmoid(y @ W_yr + s @ W_sr + c @ W_cr + b_r)
+    z = _sigmoid(y @ W_yz + s @ W_sz + c @ W_cz + b_z)
+    s_tilde = np.tanh(y @ W_ys + (s * r) @ W_ss + c @ W_cs + b_s)
+    return z * s + (1 - z) * s_tilde
+
+
+def _notes_bahdanau_logits(params, batch, score):
+    """The whole Bahdanau model, float64 NumPy, from the notes: a masked GRU encoder, then per step
+    alpha_t = softmax(a(s_{t-1}, h_j)) over the real source, c_t = sum_j alpha_tj h_j, the GRU on
+    [y_{t-1}; c_t] (the first layer; higher layers read the layer below), o_t = s_t W_o + b_o."""
+    p = jax.tree_util.tree_map(lambda a: np.asarray(a, np.float64), params)
+    src, src_len, tgt_in = batch["src"], batch["src_len"], batch["tgt_in"]
+    layers = [p["encoder"]["rnn"][f"layer{i}"]["cell"] for i in range(2)]
+    B, S = src.shape
+    hidden = layers[0]["W_hh"].shape[0]
+    states = [np.zeros((B, hidden)) for _ in layers]
+    enc = np.zeros((B, S, hidden))
+    no_context = np.zeros((B, 0))
+    for t in range(S):
+        x, real = p["encoder"]["embed"]["embedding"][src[:, t]], (t < src_len)[:, None]
+        for i, cell in enumerate(layers):
+            new = _notes_gru(cell, x, no_context, states[i])
+            states[i] = np.where(real, new, states[i])
+            x = new
+        enc[:, t] = np.where(real, states[-1], 0.0)
+    dec = p["decoder"]
+    cells_ = [dec["step"][f"layer{i}"]["cell"] for i in range(2)]
+    logits = []
+    for t in range(tgt_in.shape[1]):
+        query = states[-1]                                                    # s_{t-1}: (B, H)
+        if score == "dot-unscaled":
+            a = np.einsum("bh,bsh->bs", query, enc)                          # s^T h
+        else:
+            att = dec["step"]["attention"]
+            a = np.tanh((query @ att["W_q"])[:, None] + enc @ att["W_k"]) @ att["w_v"]
+        a = np.where(np.arange(S)[None] < src_len[:, None], a, -np.inf)
+        alpha = np.exp(a - a.max(-1, keepdims=True))
+        alpha /= alpha.sum(-1, keepdims=True)
+        context = np.einsum("bs,bsh->bh", alpha, enc)
+        y = dec["embed"]["embedding"][tgt_in[:, t]]
+        states[0] = _notes_gru(cells_[0], y, context, states[0])
+        for i in range(1, len(cells_)):
+            states[i] = _notes_gru(cells_[i], states[i - 1], no_context, states[i])
+        logits.append(states[-1] @ dec["out"]["kernel"] + dec["out"]["bias"])
+    return np.stack(logits, axis=1)
+
+
+@pytest.mark.parametrize("score", ["additive", "dot-unscaled"])
+def test_bahdanau_in_the_notes_form_equals_the_notes_equations(batch, score):
+    """--gru-reset before: every GRU (encoder, decoder) is the notes' r/z/s~ with s_{t-1} * r_t before
+    W_ss, and the decoder's gates read W_yr y + W_sr s + W_cr c; checked in float64 for the whole model."""
+    model = RNNEncoderDecoder(SRC_V, TGT_V, embed=8, hidden=16, layers=2, dropout=0.1, attention=score,
+                              reset="before")
+    params = jax.jit(lambda k: model.init(k, batch)["params"])(jax.random.PRNGKey(3))
+    # non-zero biases, so every b_* of the equations is exercised
+    params = jax.tree_util.tree_map_with_path(
+        lambda path, a: a + 0.2 if str(path[-1].key).startswith("b_") else a, params)
+    assert "b_hh" not in params["decoder"]["step"]["layer0"]["cell"]        # the notes' form has b_s only
+    logits = np.asarray(jax.jit(lambda p: model.apply({"params": p}, batch)[0])(params))
+    np.testing.assert_allclose(logits, _notes_bahdanau_logits(params, batch, score), rtol=1e-4, atol=1e-5)
+
+
+def test_the_two_gru_forms_are_different_functions(batch):
+    """The reset-after model is another function of other parameters (b_hh), not a relabelling."""
+    after = RNNEncoderDecoder(SRC_V, TGT_V, embed=8, hidden=16, layers=1, attention="additive", reset="after")
+    before = after.clone(reset="before")
+    p_after = after.init(jax.random.PRNGKey(0), batch)["params"]
+    p_before = before.init(jax.random.PRNGKey(0), batch)["params"]
+    assert "b_hh" in p_after["encoder"]["rnn"]["layer0"]["cell"]
+    assert "b_hh" not in p_before["encoder"]["rnn"]["layer0"]["cell"]
+    shared = jax.tree_util.tree_map(lambda a: a, p_after)
+    for part in (shared["encoder"]["rnn"]["layer0"]["cell"], shared["decoder"]["step"]["layer0"]["cell"]):
+        del part["b_hh"]
+    assert not np.allclose(after.apply({"params": p_after}, batch)[0], before.apply({"params": shared}, batch)[0])
 
 
 def test_attention_weights_are_sown_and_masked(batch):

@@ -4,7 +4,8 @@ Two independent families, each with its equations in the docstring of the
 module that implements it:
 
 :mod:`jaxseq.cells.gated`
-    RNN, GRU and LSTM (``RNN``, ``GRU``, ``LSTM``, :func:`get_cell`): an affine
+    RNN, GRU and LSTM (``RNN``, ``GRU``, ``LSTM``, :func:`get_cell`; the GRU in
+    the notes' form ``GRU_BEFORE`` and cuDNN's ``GRU_AFTER``): an affine
     map of ``X_t`` and ``H_{t-1}`` followed by a pointwise core, run over time
     by :func:`run` (a ``jax.lax.scan``; its layouts, masks and backward passes).
 :mod:`jaxseq.cells.bptt`
@@ -30,6 +31,9 @@ from jaxseq.cells.gated import (
     BACKWARDS,
     CELLS,
     GRU,
+    GRU_AFTER,
+    GRU_BEFORE,
+    GRU_RESETS,
     LAYOUTS,
     LSTM,
     RNN,
@@ -63,7 +67,7 @@ __all__ = [
     # types
     "Array", "Carry", "Params",
     # RNN, GRU, LSTM (jaxseq.cells.gated)
-    "Cell", "RNN", "GRU", "LSTM", "CELLS", "rnn_cell", "get_cell",
+    "Cell", "RNN", "GRU", "GRU_BEFORE", "GRU_AFTER", "GRU_RESETS", "LSTM", "CELLS", "rnn_cell", "get_cell",
     "LAYOUTS", "BACKWARDS", "add_bias", "lengths_to_mask", "run",
     # minGRU, minLSTM (jaxseq.cells.minimal)
     "MinCell", "MINGRU", "MINLSTM", "MIN_CELLS", "get_min_cell", "MIN_RUNNERS", "LOG_ZERO",

@@ -46,6 +46,10 @@ class RNNConfig(Config):
     hidden: int = option(256, "hidden units of each recurrent layer (also minRNN blocks)", minimum=1)
     embedding: int | None = option(None, "input embedding dimension, or none for one-hot inputs", minimum=1)
     activation: str = option("tanh", "the RNN's nonlinearity phi", choices=("tanh", "relu"))
+    gru_reset: str = option("after", "the GRU's reset gate: before the recurrent product, "
+                            "tanh(X W_xh + (R*H) W_hh + b_h) (the notes' form), or after it, "
+                            "tanh(X W_xh + b_h + R*(H W_hh + b_hh)) (cuDNN's)", choices=tuple(cells.GRU_RESETS),
+                            legacy="after")
     layout: str = option("hoisted", "where a recurrent layer takes its input projection", choices=cells.LAYOUTS)
     backward: str = option("custom", "backpropagation through time: hand-written (custom) or JAX's",
                            choices=cells.BACKWARDS)
@@ -57,6 +61,7 @@ class RNNLM(CarriedStateLM):
     vocab_size: int
     cell: str = "gru"
     activation: str = "tanh"
+    reset: str = "after"
     hidden: int = 256
     layers: int = 1
     embedding: int | None = None
@@ -68,7 +73,7 @@ class RNNLM(CarriedStateLM):
 
     def setup(self):
         self.embed = nn.Embed(self.vocab_size, self.embedding, name="embed") if self.embedding else None
-        self.rnn = StackedRecurrent(cell=self.cell, activation=self.activation, hidden=self.hidden,
+        self.rnn = StackedRecurrent(cell=self.cell, activation=self.activation, reset=self.reset, hidden=self.hidden,
                                     layers=self.layers, dropout=self.dropout, layout=self.layout,
                                     backward=self.backward,
                                     vocab_size=None if self.embedding else self.vocab_size,
@@ -78,7 +83,7 @@ class RNNLM(CarriedStateLM):
 
     def initial_carry(self, batch_size: int):
         """Zero states for every layer (no parameters needed)."""
-        cell = cells.get_cell(self.cell, self.activation)
+        cell = cells.get_cell(self.cell, self.activation, self.reset)
         return tuple(cell.initial_carry(batch_size, self.hidden, self.dtype) for _ in range(self.layers))
 
     def _forward(self, tokens: Array, carry, train: bool, step: bool = False):
@@ -93,7 +98,8 @@ class RNNLM(CarriedStateLM):
 
 def _build_rnn(cell: str, run, vocab_sizes: tuple[int, ...]) -> RNNLM:
     rnn = run.rnn
-    return RNNLM(vocab_size=vocab_sizes[0], cell=cell, activation=rnn.activation, hidden=rnn.hidden,
+    return RNNLM(vocab_size=vocab_sizes[0], cell=cell, activation=rnn.activation, reset=rnn.gru_reset,
+                 hidden=rnn.hidden,
                  layers=run.model.layers, embedding=rnn.embedding, dropout=run.model.dropout, layout=rnn.layout,
                  backward=rnn.backward, dtype=run.train.compute_dtype, remat=run.train.remat)
 

@@ -24,6 +24,7 @@ class Recurrent(nn.Module):
 
     cell: str = "gru"
     activation: str = "tanh"      # phi of the plain RNN cell
+    reset: str = "after"          # the GRU's form (jaxseq.cells.gated): before (the notes') or after
     hidden: int = 256
     reverse: bool = False
     vocab_size: int | None = None
@@ -34,7 +35,7 @@ class Recurrent(nn.Module):
 
     @nn.compact
     def __call__(self, xs: Array, carry=None, mask: Array | None = None):
-        cell = cells.get_cell(self.cell, self.activation)
+        cell = cells.get_cell(self.cell, self.activation, self.reset)
         in_size = self.vocab_size if self.vocab_size else xs.shape[-1]
         params = self.param("cell", lambda key: cell.init(key, in_size, self.hidden))
         params = jax.tree_util.tree_map(lambda p: p.astype(self.dtype), params)
@@ -57,6 +58,7 @@ class StackedRecurrent(nn.Module):
 
     cell: str = "gru"
     activation: str = "tanh"
+    reset: str = "after"
     hidden: int = 256
     layers: int = 1
     dropout: float = 0.0
@@ -68,7 +70,7 @@ class StackedRecurrent(nn.Module):
     remat: bool = False
 
     def initial_carry(self, batch_size: int):
-        cell = cells.get_cell(self.cell, self.activation)
+        cell = cells.get_cell(self.cell, self.activation, self.reset)
         one = cell.initial_carry(batch_size, self.hidden, self.dtype)
         return tuple((one, one) if self.bidirectional else one for _ in range(self.layers))
 
@@ -80,7 +82,7 @@ class StackedRecurrent(nn.Module):
         for layer in range(self.layers):
             if layer > 0 and self.dropout > 0:
                 xs = nn.Dropout(self.dropout, deterministic=not train)(xs)
-            kwargs = dict(cell=self.cell, activation=self.activation, hidden=self.hidden, layout=self.layout,
+            kwargs = dict(cell=self.cell, activation=self.activation, reset=self.reset, hidden=self.hidden, layout=self.layout,
                           backward=self.backward, dtype=self.dtype, remat=self.remat,
                           vocab_size=self.vocab_size if layer == 0 else None)
             if self.bidirectional:

@@ -23,12 +23,24 @@ the previous decoder state, so it is recomputed every step::
 
     alpha_t = softmax_S( a(s_{t-1}, h_1..h_S) )  masked to the source length
     c_t     = sum_j alpha_{t,j} h_j              (B, H)
-    s_t     = GRU([e(y_{t-1}); c_t], s_{t-1})    i.e. r_t = sigma(W_yr y_{t-1} + W_sr s_{t-1} + W_cr c_t + b_r), ...
+    s_t     = GRU([e(y_{t-1}); c_t], s_{t-1})
     o_t     = s_t W_o + b_o
 
-with ``s_{t-1}`` the top layer's state, ``h_j`` the encoder's top-layer
-outputs and ``a`` the additive (default) or scaled dot-product score of
-:mod:`jaxseq.attention` (where their equations are), whose weights get
+In the notes' form of the GRU (``--gru-reset before``) the decoder's first
+layer is exactly::
+
+    r_t  = sigma(W_yr y_{t-1} + W_sr s_{t-1} + W_cr c_t + b_r)
+    z_t  = sigma(W_yz y_{t-1} + W_sz s_{t-1} + W_cz c_t + b_z)
+    s~_t = tanh(W_ys y_{t-1} + W_ss (s_{t-1} * r_t) + W_cs c_t + b_s)
+    s_t  = z_t * s_{t-1} + (1 - z_t) * s~_t
+
+where ``W_y*`` and ``W_c*`` are the first ``E`` and the last ``H`` rows of the
+cell's ``W_x*`` (it reads ``[e(y_{t-1}); c_t]``), ``W_s*`` its ``W_h*`` and
+``b_*`` its ``b_*`` (``--gru-reset after`` puts the reset gate after the product,
+``r_t * (W_ss s_{t-1} + b_ss)``, as cuDNN does). ``s_{t-1}`` is the top
+layer's state, ``h_j`` the encoder's top-layer outputs and ``a`` the additive
+(default) score, the scaled dot product or the notes' unscaled dot score
+``s^T h`` of :mod:`jaxseq.attention` (where their equations are), whose weights get
 dropout as in D2L (the additive score's key projection ``W_k h_j`` is taken once
 per sentence, not at every step). The decoder is ONE step function (:class:`AttentionStep`):
 training scans it over time (``nn.scan``), ``decode_step`` calls it once, so
@@ -83,7 +95,7 @@ from jaxseq.models.recurrent import StackedRecurrent, apply_dense_2d
 from jaxseq.transformer import Embedder, Stack
 
 Array = jax.Array
-ATTENTION_SCORES = ("additive", "dot")
+ATTENTION_SCORES = ("additive", "dot", "dot-unscaled")
 
 
 @dataclass(frozen=True)
@@ -104,8 +116,12 @@ class Seq2SeqRNNConfig(Config):
 
     embed: int = option(256, "embedding dimension of source and target words", minimum=1)
     hidden: int = option(256, "hidden units of each GRU layer, encoder and decoder", minimum=1)
-    attention: str = option("additive", "attention scoring of the bahdanau model: additive or scaled "
-                            "dot product", choices=ATTENTION_SCORES)
+    attention: str = option("additive", "attention scoring of the bahdanau model: additive "
+                            "v^T tanh(W_s s + W_h h), dot (scaled, s^T h / sqrt(d)) or dot-unscaled (the "
+                            "notes' s^T h)", choices=ATTENTION_SCORES)
+    gru_reset: str = option("after", "the GRU's reset gate, encoder and decoder: before the recurrent product "
+                            "(the notes' form) or after it (cuDNN's)", choices=tuple(cells.GRU_RESETS),
+                            legacy="after")
 
 
 # -- the encoder ---------------------------------------------------------------------------
@@ -118,6 +134,7 @@ class _GRUStack(nn.Module):
     hidden: int = 256
     layers: int = 2
     dropout: float = 0.0
+    reset: str = "after"    # the GRU's form (jaxseq.cells.gated): before (the notes') or after
     dtype: Any = jnp.float32
     remat: bool = False     # recompute activations in the backward pass (TrainConfig.remat)
 
@@ -134,8 +151,8 @@ class GRUEncoder(_GRUStack):
     def __call__(self, src: Array, src_len: Array, *, train: bool = False):
         x = nn.Embed(self.vocab_size, self.embed, name="embed")(src).astype(self.dtype)
         mask = cells.lengths_to_mask(src_len, src.shape[1])
-        rnn = StackedRecurrent(cell="gru", hidden=self.hidden, layers=self.layers, dropout=self.dropout,
-                               dtype=self.dtype, remat=self.remat, name="rnn")
+        rnn = StackedRecurrent(cell="gru", reset=self.reset, hidden=self.hidden, layers=self.layers,
+                               dropout=self.dropout, dtype=self.dtype, remat=self.remat, name="rnn")
         return rnn(x, None, mask, train=train)
 
 
@@ -156,8 +173,8 @@ class ContextDecoder(_Decoder):
 
     def setup(self):
         super().setup()
-        self.rnn = StackedRecurrent(cell="gru", hidden=self.hidden, layers=self.layers, dropout=self.dropout,
-                                    dtype=self.dtype, remat=self.remat, name="rnn")
+        self.rnn = StackedRecurrent(cell="gru", reset=self.reset, hidden=self.hidden, layers=self.layers,
+                                    dropout=self.dropout, dtype=self.dtype, remat=self.remat, name="rnn")
 
     def init_state(self, carries, outputs: Array, src_len: Array) -> dict:
         return {"carry": tuple(carries), "context": carries[-1]}
@@ -185,10 +202,11 @@ class CellStep(nn.Module):
     cell: str = "gru"
     hidden: int = 256
     dtype: Any = jnp.float32
+    reset: str = "after"
 
     @nn.compact
     def __call__(self, carry, x: Array):
-        cell = cells.get_cell(self.cell)
+        cell = cells.get_cell(self.cell, reset=self.reset)
         params = self.param("cell", lambda key: cell.init(key, x.shape[-1], self.hidden))
         params = jax.tree_util.tree_map(lambda p: p.astype(self.dtype), params)
         return cell.step(params, carry, x.astype(self.dtype))
@@ -208,12 +226,14 @@ class AttentionStep(nn.Module):
     dropout: float = 0.0
     score: str = "additive"
     dtype: Any = jnp.float32
+    reset: str = "after"
 
     def setup(self):
         if self.score == "additive":
             h = self.hidden
             self.score_params = self.param("attention", lambda key: attention.additive_init(key, h, h, h))
-        self.cells = [CellStep("gru", self.hidden, self.dtype, name=f"layer{i}") for i in range(self.layers)]
+        self.cells = [CellStep("gru", self.hidden, self.dtype, self.reset, name=f"layer{i}")
+                      for i in range(self.layers)]
         self.drop = nn.Dropout(self.dropout)
 
     def prepare(self, enc: Array) -> Array:
@@ -227,7 +247,10 @@ class AttentionStep(nn.Module):
             rng = self.make_rng("dropout") if train and self.dropout > 0 else None
             return attention.dot_product_attention(query, state["keys"], state["enc"], state["src_len"],
                                                    dropout_rate=self.dropout, dropout_rng=rng)
-        scores = attention.additive_scores_projected(self.score_params, query, state["keys"])
+        if self.score == "dot-unscaled":                                            # s_{t-1}^T h_j
+            scores = attention.dot_product_scores(query, state["keys"], scale=1.0)
+        else:
+            scores = attention.additive_scores_projected(self.score_params, query, state["keys"])
         weights = attention.masked_softmax(scores, state["src_len"])
         used = self.drop(weights, deterministic=not train) if self.dropout > 0 else weights
         return attention.attention_pool(used, state["enc"]), weights
@@ -251,7 +274,8 @@ class AttentionDecoder(_Decoder):
 
     def setup(self):
         super().setup()
-        self.cell = AttentionStep(self.hidden, self.layers, self.dropout, self.score, self.dtype, name="step")
+        self.cell = AttentionStep(self.hidden, self.layers, self.dropout, self.score, self.dtype, self.reset,
+                                  name="step")
 
     def init_state(self, carries, outputs: Array, src_len: Array) -> dict:
         return {"carry": tuple(carries), "enc": outputs, "keys": self.cell.prepare(outputs), "src_len": src_len}
@@ -276,7 +300,7 @@ class AttentionDecoder(_Decoder):
 class RNNEncoderDecoder(nn.Module):
     """GRU encoder + ``seq2seq`` or ``bahdanau`` decoder behind the model contract.
 
-    ``attention=None`` is the ``seq2seq`` model; ``"additive"`` or ``"dot"``
+    ``attention=None`` is the ``seq2seq`` model; ``"additive"``, ``"dot"`` or ``"dot-unscaled"``
     the ``bahdanau`` model with that scoring.
     """
 
@@ -287,6 +311,7 @@ class RNNEncoderDecoder(nn.Module):
     layers: int = 2
     dropout: float = 0.0
     attention: str | None = None
+    reset: str = "after"
     dtype: Any = jnp.float32
     remat: bool = False
 
@@ -294,7 +319,7 @@ class RNNEncoderDecoder(nn.Module):
 
     def setup(self):
         sizes = dict(embed=self.embed, hidden=self.hidden, layers=self.layers, dropout=self.dropout,
-                     dtype=self.dtype, remat=self.remat)
+                     reset=self.reset, dtype=self.dtype, remat=self.remat)
         self.encoder = GRUEncoder(self.src_vocab_size, **sizes, name="encoder")
         if self.attention is None:
             self.decoder = ContextDecoder(self.tgt_vocab_size, **sizes, name="decoder")
@@ -434,7 +459,7 @@ def _build_rnn(attention: bool, run, vocab_sizes: tuple[int, int]) -> RNNEncoder
     rnn = run.rnn
     return RNNEncoderDecoder(*vocab_sizes, embed=rnn.embed, hidden=rnn.hidden, layers=run.model.layers,
                              dropout=run.model.dropout, attention=rnn.attention if attention else None,
-                             dtype=run.train.compute_dtype, remat=run.train.remat)
+                             reset=rnn.gru_reset, dtype=run.train.compute_dtype, remat=run.train.remat)
 
 
 def _build_transformer(run, vocab_sizes: tuple[int, int]) -> TransformerEncoderDecoder:
