@@ -129,6 +129,9 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--data", default=None, help="a text file (LM) or TSV pairs (translation) to evaluate on "
                     "(default: the run's validation split)")
     ev.add_argument("--beam", type=int, default=None, help="translation: beam size for BLEU (default: greedy)")
+    ev.add_argument("--eval-context", choices=("stream", "window"), default=None,
+                    help="language models with a recurrent state: carry it through the text (stream) or reset "
+                    "it every --seq-len tokens (window); default: the run's --eval-context (stream)")
     ev.add_argument("--allow-data-change", action="store_true",
                     help="score the run's validation split even though the data file changed since training")
 
@@ -225,8 +228,12 @@ def _cmd_evaluate(args) -> int:
     task = workdir.require_any()
     if task == "lm":
         from jaxseq.tasks import lm
-        result = lm.evaluate_lm(workdir, args.data, allow_data_change=args.allow_data_change)
+        result = lm.evaluate_lm(workdir, args.data, allow_data_change=args.allow_data_change,
+                                context=args.eval_context)
     else:
+        if args.eval_context is not None:
+            from jaxseq.errors import ConfigError
+            raise ConfigError("--eval-context is for language models; this is a translation run")
         from jaxseq.tasks import translate
         result = translate.evaluate_translate(workdir, args.data, beam=args.beam,
                                               allow_data_change=args.allow_data_change)

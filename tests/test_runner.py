@@ -230,3 +230,64 @@ def test_max_nonfinite_is_a_training_setting():
     assert TrainConfig(max_nonfinite=3).max_nonfinite == 3
     with pytest.raises(ConfigError, match="--max-nonfinite must be at least 1"):
         TrainConfig(max_nonfinite=0).validate()
+
+
+# -- evaluation of recurrent models: the state carried through the held-out text -------------
+
+def test_recurrent_models_are_scored_on_the_continuous_stream(trained, capsys):
+    """Trained with random windows, the GRU is still scored carrying its state through the held-out
+    text (as B contiguous rows); the windowed score stays behind --eval-context window."""
+    import jax
+    import numpy as np
+    from jaxseq.data.lm import eval_batches
+    from jaxseq.tasks import runner
+    corpus, workdir = trained
+    capsys.readouterr()
+    scores = {}
+    for context in ("stream", "window"):
+        assert cli.main(["evaluate", "--workdir", workdir, "--eval-context", context]) == 0
+        scores[context] = json.loads(capsys.readouterr().out.splitlines()[-1])
+        assert scores[context]["eval_context"] == context
+    assert cli.main(["evaluate", "--workdir", workdir]) == 0
+    default = json.loads(capsys.readouterr().out.splitlines()[-1])
+    assert default == scores["stream"]
+    results = json.loads((workdir / "results.json").read_text())
+    assert results["valid"]["perplexity"] == pytest.approx(default["perplexity"], rel=1e-6)   # validation: the same
+
+    # the stream score is each of the B contiguous rows read whole from a zero state
+    loaded = runner.load(workdir, lm_task.TASK)
+    run = loaded.run
+    ids = lm_task.load_corpus(run.data, vocab=loaded.vocabs["vocab.json"]).valid
+    windows = eval_batches(ids, seq_len=run.data.seq_len, batch_size=run.data.batch_size)
+    rows = {k: np.concatenate([w[k] for w in windows], axis=1) for k in windows[0]}
+
+    def nll(batch):
+        logits, _ = loaded.model.apply({"params": loaded.params}, batch)
+        logp = jax.nn.log_softmax(np.asarray(logits, np.float64), axis=-1)
+        picked = np.take_along_axis(np.asarray(logp), batch["targets"][..., None], axis=-1)[..., 0]
+        return -(picked * batch["weights"]).sum()
+
+    assert scores["stream"]["nll"] == pytest.approx(nll(rows) / rows["weights"].sum(), rel=1e-5)
+    windowed = sum(nll(w) for w in windows) / rows["weights"].sum()
+    assert scores["window"]["nll"] == pytest.approx(windowed, rel=1e-5)
+    assert scores["stream"]["nll"] != pytest.approx(scores["window"]["nll"], rel=1e-4)
+
+
+def test_a_gru_of_the_other_form_is_refused_on_resume(trained, tmp_path, capsys):
+    corpus, workdir = trained
+    run = tmp_path / "run"
+    subprocess.run(["cp", "-r", str(workdir), str(run)], check=True)
+    capsys.readouterr()
+    assert cli.main(["train", "lm", "--workdir", run, "--resume", "--steps", 8, "--gru-reset", "before"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--gru-reset" in err
+
+
+def test_configs_saved_before_a_field_existed_mean_what_they_meant():
+    """A saved GRU config without gru_reset is the reset-after GRU jaxseq trained then (its parameters
+    hold b_hh), whatever today's default; a missing resumable field takes today's default."""
+    from jaxseq.data.lm import LMDataConfig
+    from jaxseq.models.lm import RNNConfig
+    assert config_lib.from_dict(RNNConfig, {"hidden": 8}).gru_reset == "after"
+    assert config_lib.from_dict(RNNConfig, {"hidden": 8, "gru_reset": "before"}).gru_reset == "before"
+    assert config_lib.from_dict(LMDataConfig, {}).eval_context == "stream"

@@ -34,6 +34,7 @@ from jaxseq.errors import ConfigError, DataError
 
 Batch = dict[str, np.ndarray]
 SAMPLING_CHOICES = ("random", "sequential")
+EVAL_CONTEXTS = ("stream", "window")
 
 
 @dataclass(frozen=True)
@@ -51,6 +52,10 @@ class LMDataConfig(Config):
     batch_size: int = option(32, "windows per batch (the global batch, over all devices and hosts)", minimum=1)
     sampling: str = option("random", "how windows are dealt: random (state reset per batch) or "
                            "sequential (contiguous, state carried)", choices=SAMPLING_CHOICES)
+    eval_context: str = option("stream", "how a model with a recurrent state reads held-out text: stream (the "
+                               "state carried through it, the usual protocol) or window (reset every "
+                               "--seq-len tokens); Transformers always read windows", choices=EVAL_CONTEXTS,
+                               resumable=True)
 
 
 @dataclass

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from typing import Any, Mapping
 
@@ -76,6 +77,14 @@ class LMTask(runner.Task):
             return model.initial_carry(run.data.batch_size)
         return None
 
+    def eval_carry(self, run: Run, model) -> Any:
+        """Held-out text is read as ``B`` continuous streams (:func:`eval_batches`): with
+        ``--eval-context stream`` a recurrent model carries its state from window to window
+        whatever its training sampling; with ``window`` it starts every window from zero."""
+        if eval_context(run) == "stream":
+            return model.initial_carry(run.data.batch_size)
+        return None
+
     def describe_steps(self, run: Run, batches, total_steps: int) -> str:
         return f"{total_steps} steps of {run.data.batch_size} x {run.data.seq_len} tokens"
 
@@ -118,6 +127,14 @@ class LMTask(runner.Task):
 TASK = LMTask()
 
 
+def eval_context(run: Run) -> str:
+    """The context a run's model is scored with: ``stream`` (a recurrent state carried through the
+    held-out text, or a count model's n-1 tokens), or ``window`` (``--seq-len`` tokens, state reset)."""
+    if not run.spec.neural:
+        return "stream"
+    return run.data.eval_context if run.spec.carries_state else "window"
+
+
 def _detokenize(run: Run, vocab: Vocab, ids) -> str:
     return text_lib.detokenize(vocab.decode(ids), run.data.tokens)
 
@@ -157,24 +174,35 @@ def train_lm(run: Run, workdir: WorkdirLike, *, resume: bool = False, given: Map
                         sample_length=sample_length)
 
 
-def score_ids(loaded: runner.Loaded, ids: np.ndarray) -> dict:
-    """``{"nll", "perplexity", "tokens"}`` of a loaded run's model on the token stream ``ids``."""
+def score_ids(loaded: runner.Loaded, ids: np.ndarray, context: str | None = None) -> dict:
+    """``{"nll", "perplexity", "tokens", "eval_context"}`` of a loaded run's model on the token stream ``ids``.
+
+    ``context`` (``stream`` or ``window``; default: the run's ``--eval-context``)
+    says whether a recurrent model carries its state through ``ids``.
+    """
     if len(ids) < 2:
         raise DataError("fewer than 2 tokens to score")
+    run = loaded.run
+    if context is not None:
+        run = runner.Run(run.task, {**run.sections, "data": dataclasses.replace(run.data, eval_context=context)})
+        run.data.validate()
     if loaded.params is None:
-        return loaded.model.evaluate(ids)
-    run, mesh = loaded.run, parallel.make_mesh(1)
+        return {**loaded.model.evaluate(ids), "eval_context": eval_context(run)}
+    mesh = parallel.make_mesh(1)
     batches = eval_batches(ids, seq_len=run.data.seq_len, batch_size=run.data.batch_size)
-    carry = TASK.initial_carry(run, loaded.model)
+    carry = TASK.eval_carry(run, loaded.model)
     carry = None if carry is None else parallel.shard_tree_along_batch(carry, mesh)
-    return train.evaluate(train.make_eval_step(loaded.model), loaded.params, batches, mesh, carry)
+    scores = train.evaluate(train.make_eval_step(loaded.model), loaded.params, batches, mesh, carry)
+    return {**scores, "eval_context": eval_context(run)}
 
 
-def evaluate_lm(workdir: WorkdirLike, data: str | None = None, *, allow_data_change: bool = False) -> dict:
+def evaluate_lm(workdir: WorkdirLike, data: str | None = None, *, allow_data_change: bool = False,
+                context: str | None = None) -> dict:
     """Perplexity of the run's model on its validation split, or on the text file ``data``.
 
     Scoring the validation split reads the run's data again and refuses it
     if its contents changed since training (unless ``allow_data_change``).
+    ``context``: ``stream`` or ``window`` (see :func:`score_ids`).
     """
     workdir = Workdir.of(workdir)
     run, vocabs = runner.load_run(workdir, TASK)
@@ -188,7 +216,7 @@ def evaluate_lm(workdir: WorkdirLike, data: str | None = None, *, allow_data_cha
         ids, source = encode_text(run, vocab, text_lib.read_text(data), data), data
     if len(ids) < 2:
         raise DataError(f"{source}: fewer than 2 tokens to score")
-    return {"data": source, **score_ids(runner.load(workdir, TASK, data_fingerprint=fingerprint), ids)}
+    return {"data": source, **score_ids(runner.load(workdir, TASK, data_fingerprint=fingerprint), ids, context)}
 
 
 def sample_text(loaded: runner.Loaded, prefix: str, length: int, *, seed: int = 0, temperature: float = 1.0,

@@ -202,8 +202,12 @@ class Task(abc.ABC):
         """The validation batches (None when there is no validation split)."""
 
     def initial_carry(self, run: Run, model) -> Any:
-        """The recurrent state threaded between batches, or None."""
+        """The recurrent state threaded between training batches, or None."""
         return None
+
+    def eval_carry(self, run: Run, model) -> Any:
+        """The recurrent state threaded between validation batches, or None (default: as in training)."""
+        return self.initial_carry(run, model)
 
     def extra_eval(self, run: Run, data: Any, model) -> Callable[[Any], dict] | None:
         """Metrics computed at each validation besides the loss (e.g. BLEU), or None."""
@@ -308,7 +312,7 @@ def _train_neural(task: Task, run: Run, data: Any, vocabs: dict[str, Vocab], wor
     tx = make_optimizer(run.optim, total_steps)
     state = trainer.create_state(model, tx, task.train_batches(run, data).batch(0, 0), run.train.seed, mesh,
                                  task.initial_carry(run, model))
-    eval_carry = task.initial_carry(run, model)       # its own buffers: the train step donates the state's
+    eval_carry = task.eval_carry(run, model)          # its own buffers: the train step donates the state's
     eval_carry = None if eval_carry is None else parallel.shard_tree_along_batch(eval_carry, mesh)
     fingerprint = task.data_fingerprint(data)
     expected = manifest(run, vocabs, state.params, None if allow_data_change else fingerprint)
