@@ -3,7 +3,8 @@
 Training throughput (tokens/s) of one full step (forward, backward, clipped
 Adam update, one-hot inputs, output layer) for
   * ``jaxseq``: jaxseq's GRU language model through jaxseq's own train step
-    (``custom``: hand-written BPTT, the default; ``autodiff``: JAX's),
+    (``custom``: hand-written BPTT, the default; ``autodiff``: JAX's), in both
+    GRU forms (reset after the recurrent product, cuDNN's; reset before, the notes'),
   * ``flax``: Flax's ``nn.RNN(nn.GRUCell)`` with the same input, output layer
     and optax chain, in a jitted step,
   * ``torch``: PyTorch's ``nn.GRU`` (when torch is installed),
@@ -18,6 +19,7 @@ Each contestant runs in its own process and they take turns (benchmarks/harness.
 reported are the medians over rounds and the median of the per-round ratios.
 
     python benchmarks/bench_rnn.py [--rounds 5] [--steps 10] [--configs small large] [--idle 0.15]
+                                   [--skip-generation] [--only-gru-forms]
 """
 
 from __future__ import annotations
@@ -51,14 +53,14 @@ def make_batches(cfg, n, seed=0):
 
 # -- training contestants: each builder returns run(), which does `steps` steps and blocks -------
 
-def jaxseq_trainer(cfg, steps, backward):
+def jaxseq_trainer(cfg, steps, backward, reset="after"):
     import jax
     from jaxseq import parallel, train
     from jaxseq.tasks.lm import build_lm
     from jaxseq.optim import OptimConfig, make_optimizer
 
     mesh = parallel.make_mesh(1)
-    model = build_lm("gru", cfg["vocab"], hidden=cfg["hidden"], backward=backward)
+    model = build_lm("gru", cfg["vocab"], hidden=cfg["hidden"], backward=backward, gru_reset=reset)
     tx = make_optimizer(OptimConfig(optimizer="adam", lr=1e-3, clip=1.0), 1000)
     batches = [parallel.shard_batch(b, mesh) for b in make_batches(cfg, 4)]
     holder = {"state": train.create_state(model, tx, make_batches(cfg, 1)[0], 0, mesh)}
@@ -233,6 +235,8 @@ def main():
     parser.add_argument("--idle", type=float, default=0.0,
                         help="start each turn only when the CPUs are less busy than this fraction (0: never wait)")
     parser.add_argument("--skip-generation", action="store_true")
+    parser.add_argument("--only-gru-forms", action="store_true",
+                        help="race only jaxseq's GRU forms and Flax (the reset-before/after comparison)")
     args = parser.parse_args()
     torch_ok = _have_torch()
     import jax
@@ -243,9 +247,13 @@ def main():
         steps = args.steps if name == "small" else max(2, args.steps // 4)
         contestants = {"jaxseq GRU (custom BPTT)": (jaxseq_trainer, (cfg, steps, "custom")),
                        "jaxseq GRU (autodiff)": (jaxseq_trainer, (cfg, steps, "autodiff")),
+                       "jaxseq GRU reset-before (custom BPTT)": (jaxseq_trainer, (cfg, steps, "custom", "before")),
+                       "jaxseq GRU reset-before (autodiff)": (jaxseq_trainer, (cfg, steps, "autodiff", "before")),
                        "Flax nn.RNN(GRUCell)": (flax_trainer, (cfg, steps))}
-        if torch_ok:
+        if torch_ok and not args.only_gru_forms:
             contestants["PyTorch nn.GRU"] = (torch_trainer, (cfg, steps))
+        if args.only_gru_forms:
+            del contestants["jaxseq GRU (autodiff)"]
         seconds = race(contestants, rounds=args.rounds, idle=args.idle)
         _table(f"training, {name}: vocab {cfg['vocab']}, batch {cfg['batch']}, seq {cfg['seq']}, hidden "
                f"{cfg['hidden']} ({args.rounds} rounds of {steps} steps)", seconds,
