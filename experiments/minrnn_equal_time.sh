@@ -5,12 +5,14 @@
 # 32 x 128 tokens so that the runs take about the same time; the machine was shared,
 # so the achieved times differ by up to ~20% (see experiments/README.md).
 #
-#   bash experiments/minrnn_equal_time.sh [DATA] [OUT]
+#   bash experiments/minrnn_equal_time.sh [DATA] [OUT] [EXTRA FLAGS...]
 #   DATA: builtin (default) or a text file, e.g. ../shared/data/tinyshakespeare.txt
 #   OUT:  where the work directories go (default runs/minrnn)
+#   EXTRA FLAGS: passed to every run (e.g. --eval-context window, the protocol of the recorded table)
 set -euo pipefail
 DATA=${1:-builtin}
 OUT=${2:-runs/minrnn}
+EXTRA=("${@:3}")
 NAME=$(basename "$DATA" .txt)
 COMMON=(--data "$DATA" --seq-len 128 --batch-size 32 --eval-every 0 --checkpoint-every 0
         --log-every 25 --no-progress --no-baseline)
@@ -26,5 +28,5 @@ for ((i = 0; i < ${#STEPS[@]}; i += 2)); do
     gru|lstm) flags=(--hidden 256) ;;
     *) flags=("${MIN[@]}") ;;
   esac
-  jaxseq train lm --model "$model" --steps "$steps" "${flags[@]}" "${COMMON[@]}" --workdir "$OUT/$NAME-$model"
+  jaxseq train lm --model "$model" --steps "$steps" "${flags[@]}" "${COMMON[@]}" "${EXTRA[@]}" --workdir "$OUT/$NAME-$model"
 done
