@@ -76,6 +76,17 @@ def test_relative_link_exists(target):
     assert (GUIDE_PATH.parent / target).resolve().exists(), target
 
 
+def _slug(heading):
+    """GitHub's anchor for a heading: lower case, punctuation dropped, spaces to hyphens."""
+    return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+
+
+def test_contents_anchors_name_sections():
+    anchors = {_slug(h) for h in re.findall(r"^#{1,3} (.+)$", GUIDE, re.M)}
+    links = re.findall(r"\]\(#([^)]+)\)", GUIDE)
+    assert links and not [a for a in links if a not in anchors]
+
+
 def test_linked_from_readme_and_design():
     assert "docs/notes-to-code.md" in (ROOT / "README.md").read_text(encoding="utf-8")
     assert "notes-to-code.md" in (ROOT / "docs" / "DESIGN.md").read_text(encoding="utf-8")
