@@ -34,7 +34,8 @@ def token_nll(logits: Array, targets: Array, label_smoothing: float = 0.0) -> Ar
 
 def weighted_cross_entropy(logits: Array, targets: Array, weights: Array,
                            label_smoothing: float = 0.0) -> tuple[Array, Array]:
-    """``(sum_bt w nll, sum_bt w)``; the mean loss is their ratio."""
+    """``(sum_bt w_bt nll_bt, sum_bt w_bt)``, ``nll_bt = -log softmax(o_bt)[y_bt]``; the mean loss is
+    their ratio, and positions of weight 0 (padding) never count, whatever their logits."""
     weights = weights.astype(jnp.float32)
     nll = token_nll(logits, targets, label_smoothing)
     # where(): a padded position with a non-finite logit must not poison the sum (0 * inf = nan)

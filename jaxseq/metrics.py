@@ -19,7 +19,8 @@ import numpy as np
 
 
 def perplexity(total_nll: float, tokens: float) -> float:
-    """``exp(total_nll / tokens)`` (inf on overflow, nan for no tokens)."""
+    """``PPL = exp(total_nll / tokens)``, ``total_nll = sum_t -log P(x_t | x_<t)`` (inf on overflow,
+    nan for no tokens): 1 at best, ``V`` for a uniform guess, inf when a token has probability 0."""
     if tokens <= 0:
         return float("nan")
     mean = total_nll / tokens

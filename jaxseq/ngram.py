@@ -236,6 +236,11 @@ class NGramLM:
     def log_probs(self, ids) -> np.ndarray:
         """``(len(ids) - 1,)`` float64: ``log P(ids[t] | ids[max(0, t-n+1) : t])`` for t = 1 .. len-1.
 
+        By the chain rule their sum is ``log P(ids[1:] | ids[0])``::
+
+            P(w_1 .. w_T) = prod_t P(w_t | w_1 .. w_{t-1}) ~ prod_t P(w_t | w_{t-n+1} .. w_{t-1})
+
+        (the Markov approximation of order ``n - 1``; ``P(w_1)`` is ``distribution([])[w_1]``).
         The first ``n - 2`` scored positions have fewer than ``n - 1``
         predecessors and use the order-``(t + 1)`` estimate (module docstring).
         Natural logarithms; ``-inf`` where an MLE model gives probability 0.
@@ -265,7 +270,12 @@ class NGramLM:
         """``(V,)`` float64 P(w | context) over the whole vocabulary; sums to 1.
 
         Only the last ``n - 1`` ids of ``context`` matter; a shorter context
-        uses the order-``(len(context) + 1)`` estimate.
+        uses the order-``(len(context) + 1)`` estimate. With ``mle``::
+
+            P(w)     = c(w) / N                      (context [])
+            P(w | h) = c(h w) / c(h .)               (h seen in training; else back off)
+
+        and the add-k and Kneser-Ney estimates of the module docstring otherwise.
         """
         h = check_ids(np.asarray(context), self.vocab_size, "n-gram context")
         h = h[len(h) - min(len(h), self.order - 1):]

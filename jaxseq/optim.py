@@ -93,7 +93,12 @@ def _decay_mask(params):
 
 
 def make_optimizer(config: OptimConfig, total_steps: int) -> optax.GradientTransformation:
-    """``apply_if_finite(chain(clip_by_global_norm(clip), optimizer(schedule)))``."""
+    """``apply_if_finite(chain(clip_by_global_norm(clip), optimizer(schedule)))``.
+
+    The clipping, with ``g`` every parameter's gradient concatenated::
+
+        g <- min(1, clip / ||g||_2) g          (so ||g||_2 <= clip; none when clip = 0)
+    """
     config.validate()
     lr = schedule(config, total_steps)
     if config.optimizer == "sgd":

@@ -263,7 +263,13 @@ class _Block(nn.Module):
 
 
 class EncoderBlock(_Block):
-    """Self-attention over the (padded) source, then FFN; ``(B, S, D)`` -> ``(B, S, D)``."""
+    """Self-attention over the (padded) source, then FFN; ``(B, S, D)`` -> ``(B, S, D)``::
+
+        post-norm:  Y = LayerNorm(X + MultiHead(X, X, X)),   Z = LayerNorm(Y + FFN(Y))
+        pre-norm:   Y = X + MultiHead(N, N, N), N = LayerNorm(X);   Z = Y + FFN(LayerNorm(Y))
+
+    (dropout on each sublayer's output in training).
+    """
 
     def setup(self):
         self.attention = self._mha("attention")

@@ -96,7 +96,12 @@ class EncodedPairs:
         return (np.maximum(s, t) * m + s) * m + t
 
     def rows(self, index: np.ndarray, widths: Sequence[int]) -> Batch:
-        """The batch of pairs ``index`` (``(B,)``, ``-1`` = filler), padded to the smallest fitting widths."""
+        """The batch of pairs ``index`` (``(B,)``, ``-1`` = filler), padded to the smallest fitting widths.
+
+        Teacher forcing: the decoder reads the labels shifted right by one::
+
+            tgt_out = y1 ... yn <eos>      tgt_in = <bos> y1 ... yn      weights = 1 ... 1 (n + 1), then 0
+        """
         index = np.asarray(index, dtype=np.int64)
         real = index >= 0
         if not real.any():

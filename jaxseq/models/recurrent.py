@@ -97,8 +97,11 @@ class StackedRecurrent(nn.Module):
 
 
 def apply_dense_2d(dense: nn.Module, x: Array) -> Array:
-    """A dense layer on ``(B*T, C)`` rather than ``(B, T, C)``: XLA transposes 3-D
-    weight gradients, and the 2-D form was measured 1.35-1.6x faster (docs/DESIGN.md)."""
+    """``y = x W + b`` (``dense``'s kernel and bias) over the last axis of ``x`` ``(..., C)``:
+    the output layer ``O_t = H_t W_hq + b_q`` of the recurrent models.
+
+    Taken on ``(B*T, C)`` rather than ``(B, T, C)``: XLA transposes 3-D weight
+    gradients, and the 2-D form was measured 1.35-1.6x faster (docs/DESIGN.md)."""
     lead = x.shape[:-1]
     y = dense(x.reshape(-1, x.shape[-1]))
     return y.reshape(*lead, y.shape[-1])
