@@ -232,7 +232,13 @@ class Cell:
 
     # -- one step and a whole layer ------------------------------------------
     def step(self, params: Params, carry: Carry, x: Array) -> tuple[Carry, Array]:
-        """One time step: ``x`` is ``(B, I)``; returns ``(carry_t, H_t)``."""
+        """One time step, ``(carry_{t-1}, X_t) -> (carry_t, H_t)``; ``x`` is ``(B, I)``.
+
+        The affine maps ``a^x_g = X_t W_xg + b_g`` (:meth:`project_input`) and
+        ``a^h_g = H_{t-1} W_hg`` (:meth:`preactivate_hidden`; a late gate's reads
+        its gated state) feed the cell's core, whose docstring is its equation
+        (``_rnn_core``, ``_gru_core``, ``_gru_before_core``, ``_lstm_core``).
+        """
         gx = self.project_input(params, x)
         return self.core(gx, self.preactivate_hidden(params, gx, carry), carry)
 
