@@ -185,6 +185,13 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, *, label
     return fn
 
 
+def train_step_for(model: nn.Module, tx: optax.GradientTransformation, state: Any, mesh: Mesh,
+                   config: TrainConfig) -> Callable[[TrainState, Batch], tuple[TrainState, dict]]:
+    """The train step :func:`fit` runs for ``state`` (concrete or abstract, with shardings) on ``mesh``."""
+    return make_train_step(model, tx, label_smoothing=config.label_smoothing,
+                           shardings=(state_shardings(state), parallel.batch_sharding(mesh)))
+
+
 def make_eval_step(model: nn.Module) -> Callable:
     """The jit-compiled ``(params, batch, carry) -> (nll_sum, tokens, carry)``."""
     target_key = model.target_key
@@ -375,8 +382,7 @@ def fit(model: nn.Module, state: TrainState, tx: optax.GradientTransformation, b
     """
     from tqdm.auto import tqdm
 
-    step_fn = make_train_step(model, tx, label_smoothing=config.label_smoothing,
-                              shardings=(state_shardings(state), parallel.batch_sharding(mesh)))
+    step_fn = train_step_for(model, tx, state, mesh, config)
     start, t0 = int(jax.device_get(state.step)), time.perf_counter()
     result = FitResult(state=state)
     bar = tqdm(total=total_steps, initial=start, disable=not config.progress or jax.process_index() != 0,
