@@ -54,12 +54,17 @@ class StepProgram:
         return self.run.spec.flops(self.run, self.vocab_sizes, {k: v.shape for k, v in self.batch.items()})
 
 
+def require_train_step(run):
+    """The model spec of ``run``; a count-based model (no train step) is a one-line ConfigError."""
+    if not run.spec.neural:
+        raise ConfigError(f"--model {run.spec.name} is count-based: it has no train step to inspect")
+    return run.spec
+
+
 def step_program(task, run, vocab_sizes: tuple[int, ...]) -> StepProgram:
     """The train step ``runner.train`` would run for ``run`` (model built from the registry, the
     run's optimizer and mesh), with abstract state and batch."""
-    spec = run.spec
-    if not spec.neural:
-        raise ConfigError(f"--model {spec.name} is count-based: it has no train step to inspect")
+    spec = require_train_step(run)
     mesh = parallel.mesh_from_config(run.parallel)
     parallel.check_batch_size(run.data.batch_size, mesh)
     model = spec.build(run, vocab_sizes)
