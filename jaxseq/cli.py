@@ -182,6 +182,9 @@ def _add_inspect(commands) -> None:
                             "vocabularies) instead of training flags", **hidden)
         parser.add_argument("--what", choices=WHAT, help="what to print (default: all)", **hidden)
         parser.add_argument("--out", type=Path, help="write the report to this file", **hidden)
+        parser.add_argument("--unroll-scans", action="store_true", help="trace every lax.scan unrolled, so "
+                            "XLA's cost analysis counts every time step (it counts a loop body once); slow to "
+                            "compile for long sequences", **hidden)
 
     insp = commands.add_parser("inspect", help="what a run's train step compiles to: jaxpr, optimized HLO, XLA "
                                "cost and memory analysis, parameters per module, analytic FLOPs (no training)")
@@ -261,7 +264,8 @@ def _cmd_inspect(args) -> int:
         run = task.resolve(given)
         inspection.require_train_step(run)         # before the data is read
         vocabs = task.vocabs(task.load_data(run, None))
-    text = inspection.report(inspection.step_program(task, run, task.vocab_sizes(vocabs)), args.what)
+    text = inspection.report(inspection.step_program(task, run, task.vocab_sizes(vocabs)), args.what,
+                             unroll_scans=args.unroll_scans)
     if args.out is None:
         sys.stdout.write(text)
     else:

@@ -14,11 +14,14 @@ For the train step of a run (its flags, or its work directory) this reports
 
 The step is built exactly as the runner builds it (:func:`jaxseq.train.train_step_for`
 on the run's mesh) from abstract shapes (``jax.eval_shape``): nothing is
-initialised, restored or trained.
+initialised, restored or trained. With ``unroll_scans`` every ``lax.scan`` is
+traced fully unrolled (:func:`jaxseq.flops.unrolled_scans`), so XLA's cost
+analysis, which counts a loop body once, counts every time step.
 """
 
 from __future__ import annotations
 
+import contextlib
 from collections import defaultdict
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -148,15 +151,22 @@ def _memory_section(compiled: Any) -> str:
     return "\n".join(lines)
 
 
-def report(program: StepProgram, what: str = "all") -> str:
-    """The sections of ``what`` (one of :data:`WHAT`) as text."""
+def report(program: StepProgram, what: str = "all", unroll_scans: bool = False) -> str:
+    """The sections of ``what`` (one of :data:`WHAT`) as text (``unroll_scans``: see the module docstring)."""
     if what not in WHAT:
         raise ConfigError(f"--what must be one of {', '.join(WHAT)}, got {what!r}")
     run, spec = program.run, program.run.spec
     shapes = ", ".join(f"{k} {tuple(v.shape)}" for k, v in program.batch.items())
     parts = [f"model: {spec.name} ({run.task}); batch: {shapes}; {program.mesh.devices.size} device(s), "
-             f"{jax.devices()[0].device_kind}"]
+             f"{jax.devices()[0].device_kind}" + ("; every lax.scan unrolled" if unroll_scans else "")]
     chosen = WHAT[:-1] if what == "all" else (what,)
+    with flops_lib.unrolled_scans() if unroll_scans else contextlib.nullcontext():
+        parts += _sections(program, chosen)
+    return "\n\n".join(parts) + "\n"
+
+
+def _sections(program: StepProgram, chosen: tuple[str, ...]) -> list[str]:
+    parts = []
     if "params" in chosen:
         parts.append("== parameters ==\n" + _params_section(program))
     if "jaxpr" in chosen:
@@ -170,4 +180,4 @@ def report(program: StepProgram, what: str = "all") -> str:
             parts.append("== cost ==\n" + _cost_section(program, compiled, hlo))
         if "memory" in chosen:
             parts.append("== memory ==\n" + _memory_section(compiled))
-    return "\n\n".join(parts) + "\n"
+    return parts

@@ -1,7 +1,9 @@
 """The analytic FLOP count of each model family (ModelSpec.flops) against XLA's cost analysis.
 
 Both count the same train step, built as the runner builds it
-(:func:`jaxseq.inspection.step_program`). Where XLA's count differs by
+(:func:`jaxseq.inspection.step_program`); for the Transformer LM and the
+Bahdanau model the numbers are read from ``jaxseq inspect --what all``'s
+report, which these tests thus also check. Where XLA's count differs by
 construction, the test compensates explicitly:
 
 * XLA counts every elementwise op (activations, softmax, layer norm, the loss,
@@ -10,7 +12,8 @@ construction, the test compensates explicitly:
   dominate (widths 128-256, 64-128 positions, SGD without clipping).
 * XLA counts a ``while`` loop's body once whatever its trip count: the
   families that scan over time (GRU, the RNN encoder-decoders) are compiled
-  inside :func:`jaxseq.flops.unrolled_scans` (every ``lax.scan`` unrolled), and
+  inside :func:`jaxseq.flops.unrolled_scans` (every ``lax.scan`` unrolled;
+  ``jaxseq inspect --unroll-scans``), and
   the test first shows that the looped program's count falls short by the
   steps it skipped. Unrolled, XLA also drops the products of the last
   backward step that only the initial state's (unused) gradient needs.
@@ -22,7 +25,7 @@ construction, the test compensates explicitly:
 import jax
 import pytest
 
-from jaxseq import flops
+from jaxseq import cli, flops
 from jaxseq.inspection import step_program
 from jaxseq.models import registry
 from jaxseq.tasks import lm, translate
@@ -39,10 +42,27 @@ def _xla_flops(program) -> float:
     return flops.xla_cost(program.lower().compile())["flops"]
 
 
+def _agree(analytic: float, xla: float) -> None:
+    assert analytic <= xla <= (1 + TOL) * analytic, xla / analytic
+
+
 def _check(program, xla: float, skipped: float = 0.0) -> None:
     analytic = program.analytic()
-    expected = analytic.train + 3 * analytic.masked - skipped
-    assert expected <= xla <= (1 + TOL) * expected, (program.run.spec.name, xla / expected)
+    _agree(analytic.train + 3 * analytic.masked - skipped, xla)
+
+
+def _inspect(capsys, *argv) -> tuple[str, dict[str, float]]:
+    """``jaxseq inspect ... --what all`` on one device with SGD and no clipping -> (report, its counts)."""
+    assert cli.main(["inspect", *argv, "--devices", "1", "--optimizer", "sgd", "--clip", "0", "--what", "all"]) == 0
+    text = capsys.readouterr().out
+    assert [line.strip("= ") for line in text.splitlines() if line.startswith("== ")] == [
+        "parameters", "jaxpr of the train step", "optimized HLO", "cost", "memory"]
+    counts = {}
+    for label in ("flops", "train step", "causal mask"):
+        line = next((line.strip() for line in text.splitlines() if line.strip().startswith(label + "  ")), None)
+        if line is not None:
+            counts[label] = float(line[len(label):].split()[0].replace(",", ""))
+    return text, counts
 
 
 def test_gru_lm_counts_every_time_step():
@@ -61,26 +81,27 @@ def test_gru_lm_counts_every_time_step():
 
 def test_mingru_lm():
     program = _program(lm.TASK, {"model": "mingru", "hidden": 128, "layers": 1, "mlp_ratio": 2, "expansion": 1.5,
-                                 "batch_size": 16, "seq_len": 8}, (64,))
+                                 "batch_size": 32, "seq_len": 4}, (64,))
     _check(program, _xla_flops(program))
 
 
-def test_transformer_lm_counts_causal_attention_at_half():
-    program = _program(lm.TASK, {"model": "transformer", "d_model": 128, "heads": 4, "layers": 2,
-                                 "batch_size": 8, "seq_len": 16}, (64,))
-    analytic = program.analytic()
-    # 16 positions fit one causal block: the kernel computes the whole T x T square, half of it masked
+def test_transformer_lm_counts_causal_attention_at_half(capsys):
+    text, counts = _inspect(capsys, "lm", "--model", "transformer", "--d-model", "128", "--heads", "4",
+                            "--layers", "2", "--batch-size", "8", "--seq-len", "16")
+    # 16 positions fit one causal block: the kernel computes the whole T x T square, half of it masked,
+    # forward and backward (x3)
     layers, full = 2, 4 * 8 * 16 * 16 * 128
-    assert analytic.masked == pytest.approx(layers * full / 2)
-    _check(program, _xla_flops(program))
+    assert counts["causal mask"] == 3 * layers * full / 2
+    _agree(counts["train step"] + counts["causal mask"], counts["flops"])
+    assert "stack/block_0/self_attention/query" in text and "memory analysis" in text
 
 
-def test_bahdanau_translation_counts_every_decoder_step():
-    flags = {"model": "bahdanau", "embed": 64, "hidden": 128, "layers": 1, "batch_size": 16, "max_len": 4,
-             "dropout": 0.0}
-    with flops.unrolled_scans():
-        program = _program(translate.TASK, flags, (64, 64))
-        _check(program, _xla_flops(program))
+def test_bahdanau_translation_counts_every_decoder_step(capsys):
+    text, counts = _inspect(capsys, "translate", "--model", "bahdanau", "--embed", "64", "--hidden", "128",
+                            "--layers", "1", "--batch-size", "16", "--max-len", "3", "--dropout", "0",
+                            "--unroll-scans")
+    _agree(counts["train step"], counts["flops"])
+    assert "decoder/step/attention" in text and "every lax.scan unrolled" in text
 
 
 def test_transformer_translation():

@@ -2,13 +2,13 @@
 TensorBoard events, and `jaxseq inspect`.
 
 One tiny GRU run is trained twice (with and without a profiler window) and
-shared by the tests; `inspect` also reads it back.
+shared by the tests; `inspect` also reads it back (tests/test_flops.py
+inspects a Transformer LM and the Bahdanau model from their flags).
 """
 
 import glob
 import gzip
 import json
-import math
 
 import numpy as np
 import pytest
@@ -25,8 +25,11 @@ RUN = dict(model="gru", hidden=HIDDEN, seq_len=8, batch_size=8, steps=STEPS, log
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     root = tmp_path_factory.mktemp("observed")
-    plain = jaxseq.fit("lm", workdir=root / "plain", echo=None, **RUN)
-    traced = jaxseq.fit("lm", workdir=root / "traced", echo=None, profile="2:5", **RUN)
+    corpus = root / "corpus.txt"
+    corpus.write_text("the time machine, by h. g. wells: the time traveller was expounding a recondite "
+                      "matter to us.\n" * 40, encoding="utf-8")
+    plain = jaxseq.fit("lm", workdir=root / "plain", echo=None, data=str(corpus), **RUN)
+    traced = jaxseq.fit("lm", workdir=root / "traced", echo=None, data=str(corpus), profile="2:5", **RUN)
     return {"plain": (root / "plain", plain), "traced": (root / "traced", traced)}
 
 
@@ -115,26 +118,6 @@ def test_inspect_a_gru_run(runs, tmp_path, capsys):
     assert text.count("scan[") == 2 and text.count(" while(") == 2
     assert "while loops        2" in text and "temporaries" in text and "XLA / analytic" in text
     assert "wrote all" in capsys.readouterr().out
-
-
-def test_inspect_a_transformer_lm_from_flags(capsys):
-    flags = ["--model", "transformer", "--d-model", "32", "--heads", "2", "--layers", "1", "--seq-len", "8",
-             "--batch-size", "4", "--devices", "1"]
-    assert cli.main(["inspect", "lm", *flags, "--what", "all"]) == 0
-    text = capsys.readouterr().out
-    assert _sections(text) == ALL
-    assert "stack/block_0/self_attention/query" in text and "causal mask" in text
-
-
-def test_inspect_the_bahdanau_model_from_flags(capsys):
-    flags = ["--model", "bahdanau", "--embed", "8", "--hidden", "16", "--layers", "1", "--batch-size", "4",
-             "--max-len", "8", "--devices", "1"]
-    assert cli.main(["inspect", "translate", *flags]) == 0        # --what all is the default
-    text = capsys.readouterr().out
-    assert _sections(text) == ALL
-    assert "decoder/step/attention" in text
-    flops = next(line for line in text.splitlines() if line.strip().startswith("train step"))
-    assert math.isfinite(float(flops.split()[2].replace(",", "")))
 
 
 def test_inspect_refuses_an_ngram_and_unknown_what(capsys, tmp_path):
