@@ -17,6 +17,10 @@ jitted step, and against PyTorch's eager sampling loop.
 
 Each contestant runs in its own process and they take turns (benchmarks/harness.py);
 reported are the medians over rounds and the median of the per-round ratios.
+MFU is every contestant's tokens/s times jaxseq's analytic FLOPs per token of
+this GRU LM (``jaxseq.flops``: matmuls only, backward = 2x forward), over the
+float32 matmul peak measured in this process after the races
+(``jaxseq.hardware.measure_peak``: the best 1024^3 product).
 
     python benchmarks/bench_rnn.py [--rounds 5] [--steps 10] [--configs small large] [--idle 0.15]
                                    [--skip-generation] [--only-gru-forms]
@@ -214,16 +218,28 @@ def _have_torch() -> bool:
         return False
 
 
-def _table(title, seconds, work, unit, columns):
+def _table(title, seconds, work, unit, columns, mfu=None):
+    """``mfu``: ``(FLOPs per unit of work, peak FLOP/s)`` adds an MFU column."""
     rates = {k: [work / s for s in v] for k, v in seconds.items()}
     print(f"\n## {title}\n")
-    print(f"| contestant | {unit} (median) |" + "".join(f" vs {c} |" for c in columns))
-    print("|---|---|" + "---|" * len(columns))
+    extra = " MFU |" if mfu else ""
+    print(f"| contestant | {unit} (median) |" + "".join(f" vs {c} |" for c in columns) + extra)
+    print("|---|---|" + "---|" * len(columns) + ("---|" if mfu else ""))
     for name, r in rates.items():
         ratios = [f"{statistics.median(a / b for a, b in zip(r, rates[c])):.2f}x" if c in rates else "n/a"
                   for c in columns]
+        if mfu:
+            ratios.append(f"{100 * statistics.median(r) * mfu[0] / mfu[1]:.1f}%")
         print(f"| {name} | {statistics.median(r):,.0f} |" + "".join(f" {x} |" for x in ratios))
     sys.stdout.flush()
+
+
+def gru_flops_per_token(cfg) -> float:
+    """jaxseq's analytic training FLOPs per token of the benchmarked GRU LM (one-hot inputs)."""
+    from jaxseq.tasks import lm
+    run = lm.TASK.resolve({"model": "gru", "hidden": cfg["hidden"], "batch_size": cfg["batch"],
+                           "seq_len": cfg["seq"]}, warn_unused=False)
+    return run.spec.flops(run, (cfg["vocab"],), {"inputs": (cfg["batch"], cfg["seq"])}).per_token
 
 
 def main():
@@ -242,6 +258,7 @@ def main():
     import jax
     print(f"jax {jax.__version__}, torch {'installed' if torch_ok else 'not installed'}, "
           f"{os.cpu_count()} CPU cores, load average {os.getloadavg()[0]:.2f}")
+    results = []
     for name in args.configs:
         cfg = CONFIGS[name]
         steps = args.steps if name == "small" else max(2, args.steps // 4)
@@ -254,10 +271,15 @@ def main():
             contestants["PyTorch nn.GRU"] = (torch_trainer, (cfg, steps))
         if args.only_gru_forms:
             del contestants["jaxseq GRU (autodiff)"]
-        seconds = race(contestants, rounds=args.rounds, idle=args.idle)
+        results.append((name, cfg, steps, race(contestants, rounds=args.rounds, idle=args.idle)))
+    from jaxseq.hardware import measure_peak
+    peak = measure_peak("float32")
+    print(f"measured float32 matmul peak: {peak / 1e9:.1f} GFLOP/s")
+    for name, cfg, steps, seconds in results:
         _table(f"training, {name}: vocab {cfg['vocab']}, batch {cfg['batch']}, seq {cfg['seq']}, hidden "
-               f"{cfg['hidden']} ({args.rounds} rounds of {steps} steps)", seconds,
-               cfg["batch"] * cfg["seq"] * steps, "tokens/s", ["Flax nn.RNN(GRUCell)", "PyTorch nn.GRU"])
+               f"{cfg['hidden']} ({args.rounds} rounds of {steps} steps; {gru_flops_per_token(cfg) / 1e6:.2f} "
+               "MFLOP per token)", seconds, cfg["batch"] * cfg["seq"] * steps, "tokens/s",
+               ["Flax nn.RNN(GRUCell)", "PyTorch nn.GRU"], mfu=(gru_flops_per_token(cfg), peak))
     if not args.skip_generation:
         contestants = {"jaxseq on-device lax.scan": (jaxseq_on_device, (args.gen_length,)),
                        "Python loop around a jitted step": (jax_python_loop, (args.gen_length,))}

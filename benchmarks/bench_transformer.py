@@ -23,6 +23,9 @@ GFLOP/s counts the model's matmul FLOPs (dense layers, ``Q K^T`` and ``P V``
 over the full ``T x T``, output layer; backward = 2x forward), the same count
 for every contestant, against each framework's own float32 matmul peak
 measured in the same run (the best of 1024x1024x1024 and 2048x128x512 products).
+MFU is tokens/s times jaxseq's analytic count per token (``jaxseq.flops``, the
+count behind ``mfu`` in metrics.jsonl: causal attention at half, MaxText's
+convention) over the JAX worker's measured peak, the same for everyone.
 
 Generation (tokens/s, batch 1, 512 tokens from a 1-token prompt, greedy) of
 jaxseq's cached decoding (``decode.generate``: one prefill, then one token per
@@ -58,6 +61,15 @@ def model_flops_per_step(seq: int = T, batch: int = B) -> float:
     attention = 2 * 2 * seq * D                         # per token per layer: Q K^T and P V over all T keys
     forward = batch * seq * (LAYERS * (dense + attention) + 2 * D * V)
     return 3.0 * forward
+
+
+def jaxseq_flops_per_token() -> float:
+    """jaxseq's analytic training FLOPs per token of this model (``ModelSpec.flops``)."""
+    from jaxseq.tasks import lm
+    run = lm.TASK.resolve({"model": "transformer", "layers": LAYERS, "heads": HEADS, "d_model": D, "ffn": F,
+                           "ffn_activation": "relu", "norm": "post", "positional": "sinusoidal", "seq_len": T,
+                           "batch_size": B}, warn_unused=False)
+    return run.spec.flops(run, (V,), {"inputs": (B, T)}).per_token
 
 
 def sinusoidal_positions(length: int, d_model: int):
@@ -374,11 +386,15 @@ def main() -> None:
     if args.wait_idle:
         print(f"{idle_turns} of {args.rounds * len(args.contestants)} turns started on idle CPUs "
               f"(< {100 * args.wait_idle:.0f}% busy for 1 s)")
-    print(f"model FLOPs per training step: {flops / 1e9:.2f} GFLOP ({tokens} tokens)\n")
+    per_token = jaxseq_flops_per_token()
+    jax_peak = max(max(peaks[n]) for n in args.contestants if n.startswith("jaxseq") or n == "flax")
+    print(f"model FLOPs per training step: {flops / 1e9:.2f} GFLOP ({tokens} tokens); jaxseq's count "
+          f"(causal attention at half): {per_token * tokens / 1e9:.2f} GFLOP; MFU against the JAX "
+          f"worker's measured peak {jax_peak:.0f} GFLOP/s\n")
     ref = statistics.median(rates["torch"]) if "torch" in rates else None
     print("| contestant | tokens/s median | best step | vs torch (medians) | vs torch (median of rounds) "
-          "| GFLOP/s median | matmul peak GFLOP/s | % of peak |")
-    print("|---|---|---|---|---|---|---|---|")
+          "| GFLOP/s median | matmul peak GFLOP/s | % of peak | MFU |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for name in args.contestants:
         med, best = statistics.median(rates[name]), tokens / fastest[name]
         gflops = med / tokens * flops / 1e9
@@ -388,7 +404,7 @@ def main() -> None:
         paired = (f"{statistics.median(a / b for a, b in zip(rates[name], rates['torch'])):.2f}x"
                   if ref else "-")
         print(f"| {name} | {med:,.0f} | {best:,.0f} | {rel} | {paired} | {gflops:.1f} | {peak:.0f} | "
-              f"{100 * gflops / peak:.0f}% |")
+              f"{100 * gflops / peak:.0f}% | {100 * med * per_token / (jax_peak * 1e9):.1f}% |")
     print("\nper-round tokens/s:", {k: [round(x) for x in v] for k, v in rates.items()})
     if args.gen_rounds:
         c, r = statistics.median(gen["cached"]), statistics.median(gen["recompute"])

@@ -5,6 +5,7 @@
     jaxseq evaluate  --workdir DIR      perplexity / BLEU of a trained run (last line: JSON)
     jaxseq generate  --workdir DIR --prefix TEXT --length N
     jaxseq translate --workdir DIR [TEXT ... | --input FILE]
+    jaxseq inspect   --workdir DIR | lm|translate [flags]   what the train step compiles to (--what, --out)
     jaxseq stats     [--data PATH]      n-gram statistics and a Zipf plot
     jaxseq data list | fetch NAME
 
@@ -155,6 +156,8 @@ def build_parser() -> argparse.ArgumentParser:
                          "cross-attention per layer and head, self-attention to PNG.encoder.png and "
                          "PNG.decoder.png)")
 
+    _add_inspect(commands)
+
     stats = commands.add_parser("stats", help="corpus statistics: top n-grams and a Zipf plot")
     stats.add_argument("--data", default="builtin")
     stats.add_argument("--tokens", default="char", choices=("char", "word"))
@@ -170,6 +173,31 @@ def build_parser() -> argparse.ArgumentParser:
     fetch.add_argument("--url", default=None, help="a mirror to download from (the checksum still applies)")
     fetch.add_argument("--force", action="store_true", help="download again even if cached")
     return parser
+
+
+def _add_inspect(commands) -> None:
+    """``jaxseq inspect --workdir W`` or ``jaxseq inspect lm|translate [training flags]``."""
+    from jaxseq.inspection import WHAT
+
+    def options(parser, given_below: bool) -> None:
+        hidden = {"default": argparse.SUPPRESS} if given_below else {}
+        parser.add_argument("--workdir", type=Path, help="a run's work directory (its saved config and "
+                            "vocabularies) instead of training flags", **hidden)
+        parser.add_argument("--what", choices=WHAT, help="what to print (default: all)", **hidden)
+        parser.add_argument("--out", type=Path, help="write the report to this file", **hidden)
+        parser.add_argument("--unroll-scans", action="store_true", help="trace every lax.scan unrolled, so "
+                            "XLA's cost analysis counts every time step (it counts a loop body once); slow to "
+                            "compile for long sequences", **hidden)
+
+    insp = commands.add_parser("inspect", help="what a run's train step compiles to: jaxpr, optimized HLO, XLA "
+                               "cost and memory analysis, parameters per module, analytic FLOPs (no training)")
+    options(insp, False)
+    insp.set_defaults(what="all")
+    tasks = insp.add_subparsers(dest="task", metavar="TASK")
+    for name in TASKS:
+        sub = tasks.add_parser(name, help=f"the train step `jaxseq train {name}` would run with these flags")
+        _add_task_flags(sub, _task(name))
+        options(sub, True)
 
 
 def _version() -> str:
@@ -219,6 +247,34 @@ def _cmd_train(args) -> int:
                            fallback=args.fallback,
                            allow_data_change=args.allow_data_change, **options)
     return 128 + results["interrupted"] if results.get("interrupted") else 0
+
+
+def _cmd_inspect(args) -> int:
+    from jaxseq import inspection
+    from jaxseq.errors import ConfigError
+    from jaxseq.tasks import runner
+    from jaxseq.workdir import Workdir
+
+    if args.task is None and args.workdir is None:
+        raise ConfigError("jaxseq inspect: give --workdir DIR, or a task and its flags (jaxseq inspect lm --model gru)")
+    task = _task(args.task or Workdir(args.workdir).require_any())
+    given = _given(args, task)
+    if args.workdir is not None:
+        if given:
+            raise ConfigError("jaxseq inspect: give --workdir or training flags, not both")
+        run, vocabs = runner.load_run(args.workdir, task)
+    else:
+        run = task.resolve(given)
+        inspection.require_train_step(run)         # before the data is read
+        vocabs = task.vocabs(task.load_data(run, None))
+    text = inspection.report(inspection.step_program(task, run, task.vocab_sizes(vocabs)), args.what,
+                             unroll_scans=args.unroll_scans)
+    if args.out is None:
+        sys.stdout.write(text)
+    else:
+        args.out.write_text(text, encoding="utf-8")
+        print(f"wrote {args.what} of the {run.spec.name} train step to {args.out}")
+    return 0
 
 
 def _cmd_evaluate(args) -> int:
@@ -307,7 +363,7 @@ def main(argv: list | None = None) -> int:
     _configure_logging()
     from jaxseq.errors import JaxseqError
 
-    handlers = {"evaluate": _cmd_evaluate, "generate": _cmd_generate, "translate": _cmd_translate,
+    handlers = {"inspect": _cmd_inspect, "evaluate": _cmd_evaluate, "generate": _cmd_generate, "translate": _cmd_translate,
                 "stats": _cmd_stats, "data": _cmd_data}
     try:
         if args.command == "train":

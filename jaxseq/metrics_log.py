@@ -6,6 +6,9 @@ reported in one line naming the file); a torn last line, what a full disk
 leaves, is skipped when reading and dropped (with a warning) when a resumed
 run truncates the log to its checkpoint; a damaged line in the middle is one
 error naming the file and line.
+
+With ``events`` (a directory) and tensorboardX installed, every record is
+also written as TensorBoard scalars there (:mod:`jaxseq.events`).
 """
 
 from __future__ import annotations
@@ -28,8 +31,22 @@ class MetricsLog:
     CheckpointError line naming the file.
     """
 
-    def __init__(self, path: Path, enabled: bool = True):
+    def __init__(self, path: Path, enabled: bool = True, events: Path | None = None):
         self.path, self.enabled = Path(path), enabled
+        self.events_dir, self._events, self._purge = events, None, 0
+
+    def _mirror(self, record: dict) -> None:
+        """Write ``record`` to the TensorBoard events too (opened on first use: after a resume's truncation)."""
+        from jaxseq import events
+        if self._events is None and events.available():
+            self._events = events.EventWriter(self.events_dir, purge_step=self._purge)
+        if self._events is not None:
+            self._events.write(record)
+
+    def close(self) -> None:
+        if self._events is not None:
+            self._events.close()
+            self._events = None
 
     def write(self, record: dict) -> None:
         if not self.enabled:
@@ -52,6 +69,8 @@ class MetricsLog:
         except OSError as err:
             raise CheckpointError(f"{self.path}: {err.strerror or err}; cannot append to the metrics log; "
                                   "free some space and continue with --resume") from None
+        if self.events_dir is not None:
+            self._mirror(record)
 
     @staticmethod
     def _parse(path: Path) -> tuple[list[dict], int | None]:
@@ -90,6 +109,7 @@ class MetricsLog:
         """Drop records logged after ``step`` (by a run that stopped before its next checkpoint),
         and a torn last line, which is reported through ``warn``. Returns the number of torn lines
         dropped (0 or 1)."""
+        self._purge = step
         if not (self.enabled and self.path.exists()):
             return 0
         records, torn = self._parse(self.path)

@@ -42,6 +42,7 @@ from jaxseq.errors import ConfigError, TrainingError
 from jaxseq.metrics import perplexity
 from jaxseq.metrics_log import MetricsLog
 from jaxseq.optim import nonfinite_count
+from jaxseq.profiling import StepProfiler, parse_window
 
 Array = jax.Array
 Batch = dict[str, Any]
@@ -72,10 +73,17 @@ class TrainConfig(Config):
     max_nonfinite: int = option(5, "stop after this many non-finite steps in a row (each is skipped)", minimum=1,
                                 resumable=True)
     progress: bool = option(True, "show a progress bar", resumable=True)
+    profile: str | None = option(None, "write a jax.profiler trace of steps START+1..STOP (give START:STOP) into "
+                                 "<workdir>/profile", resumable=True)
+    profile_host: bool = option(False, "with --profile: also trace Python functions on the host", resumable=True)
+    peak_flops: float | None = option(None, "peak FLOP/s per device for MFU (default: the vendor figure of a "
+                                      "known accelerator, else a measured matmul peak)", above=0.0, resumable=True)
 
     def check(self) -> None:
         if self.steps is not None and self.epochs is not None:
             raise ConfigError("give --steps or --epochs, not both")
+        if self.profile is not None:
+            parse_window(self.profile)
 
     @property
     def compute_dtype(self) -> Any:
@@ -185,6 +193,13 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, *, label
     return fn
 
 
+def train_step_for(model: nn.Module, tx: optax.GradientTransformation, state: Any, mesh: Mesh,
+                   config: TrainConfig) -> Callable[[TrainState, Batch], tuple[TrainState, dict]]:
+    """The train step :func:`fit` runs for ``state`` (concrete or abstract, with shardings) on ``mesh``."""
+    return make_train_step(model, tx, label_smoothing=config.label_smoothing,
+                           shardings=(state_shardings(state), parallel.batch_sharding(mesh)))
+
+
 def make_eval_step(model: nn.Module) -> Callable:
     """The jit-compiled ``(params, batch, carry) -> (nll_sum, tokens, carry)``."""
     target_key = model.target_key
@@ -275,14 +290,41 @@ class _Periodic:
     def __init__(self, *, config: TrainConfig, batches, mesh: Mesh, eval_fn: Callable,
                  valid_batches: list[Batch] | None, eval_carry: Any, extra_eval: Callable[[Any], dict] | None,
                  checkpointer: Checkpointer | None, manifest: dict | None, metrics_log: MetricsLog,
-                 echo: Callable[[str], None], bar, result: FitResult, t0: float):
+                 echo: Callable[[str], None], bar, result: FitResult, t0: float,
+                 flops: Callable[[dict], Any] | None = None, peak: float | None = None):
         self.config, self.batches, self.mesh, self.eval_fn = config, batches, mesh, eval_fn
         self.valid_batches, self.eval_carry, self.extra_eval = valid_batches, eval_carry, extra_eval
         self.checkpointer, self.manifest, self.metrics_log = checkpointer, manifest, metrics_log
         self.echo, self.bar, self.result, self.t0 = echo, bar, result, t0
+        self.flops_fn, self.peak, self._flops = flops, peak, {}
         self.pending: list[dict] = []
         self.streak = 0                  # consecutive non-finite steps seen on the host
-        self.window = {"nll": 0.0, "tokens": 0.0, "time": time.perf_counter(), "skipped": 0}
+        self.window = {"nll": 0.0, "tokens": 0.0, "time": time.perf_counter(), "skipped": 0, "wait": 0.0,
+                       "flops": 0.0, "positions": 0}
+
+    def count(self, batch: Batch, wait: float) -> None:
+        """Add a step's seconds waiting for its batch and its analytic FLOPs (by batch shape) to the window."""
+        self.window["wait"] += wait
+        if self.flops_fn is not None:
+            key = tuple((k, np.shape(v)) for k, v in batch.items())
+            if key not in self._flops:
+                self._flops[key] = self.flops_fn({k: shape for k, shape in key})
+            step_flops = self._flops[key]
+            self.window["flops"] += step_flops.train
+            self.window["positions"] += step_flops.positions
+
+    def _speed(self, elapsed: float) -> dict:
+        """The window's ``data_wait_fraction`` and (with a FLOP count) ``flops_per_token``,
+        ``tflops_per_s`` per device and ``mfu`` (with a peak)."""
+        window = self.window
+        out = {"data_wait_fraction": min(window["wait"] / elapsed, 1.0)}
+        if window["flops"]:
+            per_device = window["flops"] / elapsed / self.mesh.devices.size
+            out.update(flops_per_token=window["flops"] / max(window["positions"], 1),
+                       tflops_per_s=per_device / 1e12)
+            if self.peak:
+                out["mfu"] = per_device / self.peak
+        return out
 
     def flush(self, step: int) -> None:
         """Read buffered step metrics back (one device sync) and log them; stop on a non-finite streak."""
@@ -302,16 +344,17 @@ class _Periodic:
             window["tokens"] += float(m["tokens"])
         self.pending.clear()
         now = time.perf_counter()
-        loss = window["nll"] / max(window["tokens"], 1.0)
+        loss, elapsed = window["nll"] / max(window["tokens"], 1.0), max(now - window["time"], 1e-9)
         record = {"step": step, "split": "train", "loss": loss, "perplexity": math.exp(min(loss, 700)),
-                  "tokens_per_s": window["tokens"] / max(now - window["time"], 1e-9),
+                  "tokens_per_s": window["tokens"] / elapsed,
                   "grad_norm": float(values[-1]["grad_norm"]), "skipped": window["skipped"],
-                  "wall_time": now - self.t0}
+                  "wall_time": now - self.t0, **self._speed(elapsed)}
         self.metrics_log.write(record)
         self.result.history.append(record)
+        shown = {"mfu": f"{record['mfu']:.1%}"} if "mfu" in record else {}
         self.bar.set_postfix(loss=f"{loss:.3f}", ppl=f"{record['perplexity']:.2f}",
-                             tok_s=f"{record['tokens_per_s']:.0f}", refresh=False)
-        window.update(nll=0.0, tokens=0.0, time=now, skipped=0)
+                             tok_s=f"{record['tokens_per_s']:.0f}", **shown, refresh=False)
+        window.update(nll=0.0, tokens=0.0, time=now, skipped=0, wait=0.0, flops=0.0, positions=0)
 
     def _nonfinite_stop(self, streak_start: int, count: int) -> None:
         last = self.checkpointer.latest_step() if self.checkpointer else None
@@ -360,7 +403,8 @@ def fit(model: nn.Module, state: TrainState, tx: optax.GradientTransformation, b
         valid_batches: list[Batch] | None = None, eval_carry: Any = None,
         checkpointer: Checkpointer | None = None, manifest: dict | None = None,
         metrics_log: MetricsLog | None = None, extra_eval: Callable[[Any], dict] | None = None,
-        echo: Callable[[str], None] | None = None) -> FitResult:
+        echo: Callable[[str], None] | None = None, flops: Callable[[dict], Any] | None = None,
+        peak_flops: float | None = None, profile_dir: Path | None = None) -> FitResult:
     """Train ``state`` up to ``total_steps`` updates with any optax transformation ``tx``.
 
     ``batches`` yields host (NumPy) batches and has ``get_state()`` (saved in
@@ -372,11 +416,19 @@ def fit(model: nn.Module, state: TrainState, tx: optax.GradientTransformation, b
     with ``interrupted`` set. With ``config.time_limit`` the run ends like
     its last step (validation, checkpoint) at the first log step past the
     limit, with ``timed_out`` set; process 0's clock decides for all.
+
+    ``flops(shapes)`` (a :class:`jaxseq.flops.StepFlops` for a batch's
+    shapes) and ``peak_flops`` (per device) add ``flops_per_token``,
+    ``tflops_per_s`` and ``mfu`` to each log record; ``data_wait_fraction``
+    is the share of the window's wall time spent getting the next batch
+    (the iterator and the host-to-device copy). Dispatch is asynchronous, so
+    the device may be computing meanwhile: it bounds the input stall from
+    above; near 1, the input pipeline sets the pace. ``config.profile``
+    traces a window of steps into ``profile_dir`` (:mod:`jaxseq.profiling`).
     """
     from tqdm.auto import tqdm
 
-    step_fn = make_train_step(model, tx, label_smoothing=config.label_smoothing,
-                              shardings=(state_shardings(state), parallel.batch_sharding(mesh)))
+    step_fn = train_step_for(model, tx, state, mesh, config)
     start, t0 = int(jax.device_get(state.step)), time.perf_counter()
     result = FitResult(state=state)
     bar = tqdm(total=total_steps, initial=start, disable=not config.progress or jax.process_index() != 0,
@@ -385,14 +437,23 @@ def fit(model: nn.Module, state: TrainState, tx: optax.GradientTransformation, b
                         valid_batches=valid_batches, eval_carry=eval_carry, extra_eval=extra_eval,
                         checkpointer=checkpointer, manifest=manifest,
                         metrics_log=metrics_log or MetricsLog(Path("/dev/null"), enabled=False),
-                        echo=echo or (lambda msg: None), bar=bar, result=result, t0=t0)
+                        echo=echo or (lambda msg: None), bar=bar, result=result, t0=t0, flops=flops,
+                        peak=peak_flops)
+    profiler = StepProfiler(config.profile, profile_dir, host=config.profile_host)
     with _StopSignals() as stop:
         step = start
         try:
             while step < total_steps:
-                state, metrics = step_fn(state, parallel.shard_batch(next(batches), mesh))
+                profiler.before(step)
+                waited = time.perf_counter()
+                host_batch = next(batches)
+                batch = parallel.shard_batch(host_batch, mesh)
+                actions.count(host_batch, time.perf_counter() - waited)
+                with profiler.annotate(step):
+                    state, metrics = step_fn(state, batch)
                 actions.pending.append(metrics)
                 step += 1
+                profiler.after(step, state)
                 bar.update(1)
                 if step % config.log_every == 0 or step == total_steps:
                     actions.flush(step)
@@ -414,6 +475,7 @@ def fit(model: nn.Module, state: TrainState, tx: optax.GradientTransformation, b
                 actions.validate(state, step)
                 actions.save(state, step)
         finally:
+            profiler.stop(state)
             bar.close()
             if checkpointer is not None:
                 checkpointer.wait()

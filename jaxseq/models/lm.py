@@ -24,6 +24,7 @@ import jax.numpy as jnp
 
 from jaxseq import cells
 from jaxseq.config import Config, option
+from jaxseq.flops import StepFlops, matmul, positions
 from jaxseq.models.recurrent import CarriedStateLM, StackedRecurrent, apply_dense_2d
 from jaxseq.models.registry import ModelSpec, register
 
@@ -104,9 +105,25 @@ def _build_rnn(cell: str, run, vocab_sizes: tuple[int, ...]) -> RNNLM:
                  backward=rnn.backward, dtype=run.train.compute_dtype, remat=run.train.remat)
 
 
+def _flops(cell: str, run, vocab_sizes: tuple[int, ...], shapes) -> StepFlops:
+    """Forward FLOPs (conventions of :mod:`jaxseq.flops`), ``N = B T`` positions, ``G`` gates::
+
+        per layer:  G (2 N I H)   input products X W_xg (none for one-hot inputs: a row lookup)
+                  + G (2 N H H)   recurrent products H_{t-1} W_hg
+        output:     2 N H V
+    """
+    n, hidden = positions(shapes, "inputs"), run.rnn.hidden
+    gates = len(cells.get_cell(cell, run.rnn.activation).gates)
+    forward = matmul(n, hidden, vocab_sizes[0])
+    for layer in range(run.model.layers):
+        width = run.rnn.embedding if layer == 0 else hidden
+        forward += gates * ((matmul(n, width, hidden) if width else 0.0) + matmul(n, hidden, hidden))
+    return StepFlops(forward, n)
+
+
 _DESCRIPTIONS = {"rnn": "Elman RNN, H_t = phi(X_t W_xh + H_{t-1} W_hh + b_h)", "gru": "gated recurrent unit",
                  "lstm": "long short-term memory"}
 for _name, _text in _DESCRIPTIONS.items():
     register(ModelSpec(task="lm", name=_name, description=_text, sections=("rnn",),
-                       build=functools.partial(_build_rnn, _name),
+                       build=functools.partial(_build_rnn, _name), flops=functools.partial(_flops, _name),
                        carries_state=True))

@@ -29,6 +29,7 @@ import jax.numpy as jnp
 
 from jaxseq import cells
 from jaxseq.config import Config, option
+from jaxseq.flops import StepFlops, matmul, positions
 from jaxseq.models.recurrent import CarriedStateLM, apply_dense_2d
 from jaxseq.models.registry import ModelSpec, register
 
@@ -148,9 +149,25 @@ def _build_min(cell: str, run, vocab_sizes: tuple[int, ...]) -> MinRNNLM:
                     dtype=run.train.compute_dtype)
 
 
+def _flops(cell: str, run, vocab_sizes: tuple[int, ...], shapes) -> StepFlops:
+    """Forward FLOPs (conventions of :mod:`jaxseq.flops`), ``N = B T``, ``G`` gates (minGRU 2,
+    minLSTM 3), ``R`` = ``round(expansion D)``, ``M`` = ``mlp_ratio D``; the scan is elementwise::
+
+        per block:  G (2 N D R) + [2 N R D if R != D] + [2 (2 N D M) if M]
+        output:     2 N D V
+    """
+    m, n = run.minrnn, positions(shapes, "inputs")
+    d, inner = m.hidden, inner_width(m.hidden, m.expansion)
+    block = len(cells.get_min_cell(cell).gates) * matmul(n, d, inner)
+    block += matmul(n, inner, d) if inner != d else 0.0
+    block += 2 * matmul(n, d, m.mlp_ratio * d) if m.mlp_ratio else 0.0
+    return StepFlops(run.model.layers * block + matmul(n, d, vocab_sizes[0]), n)
+
+
 # defaults from experiments/README.md (the equal-time comparison): 2 blocks of width 192
 _DEFAULTS = {"model": {"layers": 2}, "minrnn": {"hidden": 192, "mlp_ratio": 1}}
 for _name, _text in (("mingru", "minGRU blocks (Feng et al., 2024), trained as a parallel scan"),
                      ("minlstm", "minLSTM blocks (Feng et al., 2024), trained as a parallel scan")):
     register(ModelSpec(task="lm", name=_name, description=_text, sections=("minrnn",),
-                       build=functools.partial(_build_min, _name), defaults=_DEFAULTS, carries_state=True))
+                       build=functools.partial(_build_min, _name), defaults=_DEFAULTS, carries_state=True,
+                       flops=functools.partial(_flops, _name)))

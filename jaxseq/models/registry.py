@@ -40,7 +40,10 @@ class ModelSpec:
     ``defaults`` maps a config section to the field values this model
     trains well with (they replace the dataclass defaults; a flag the user
     gives always wins); ``steps`` is the run length when neither ``--steps``
-    nor ``--epochs`` is given.
+    nor ``--epochs`` is given. ``flops(run, vocab_sizes, shapes)`` is the
+    analytic FLOP count of one training step on a batch whose entries have
+    ``shapes`` (a :class:`jaxseq.flops.StepFlops`; conventions in
+    :mod:`jaxseq.flops`), None for a count-based model.
     """
 
     task: str
@@ -52,6 +55,7 @@ class ModelSpec:
     load: Callable[..., Any] | None = None
     defaults: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     steps: int | None = None
+    flops: Callable[..., Any] | None = None
     neural: bool = True
     carries_state: bool = False
     cross_attention: bool = False

@@ -90,6 +90,7 @@ import jax.numpy as jnp
 from jaxseq import attention, cells
 from jaxseq.attention_layers import Projection
 from jaxseq.config import Config, option
+from jaxseq.flops import StepFlops, attention as attention_flops, matmul, transformer_block
 from jaxseq.models.registry import ModelSpec, register
 from jaxseq.models.recurrent import StackedRecurrent, apply_dense_2d
 from jaxseq.transformer import Embedder, Stack
@@ -469,14 +470,61 @@ def _build_transformer(run, vocab_sizes: tuple[int, int]) -> TransformerEncoderD
                                      remat=run.train.remat, dtype=run.train.compute_dtype, **options.stack_options())
 
 
+def _gru_stack_flops(n: int, first: int, hidden: int, layers: int) -> float:
+    """Forward FLOPs of ``layers`` GRU layers over ``N`` positions: ``3 (2 N I H + 2 N H H)`` each."""
+    return sum(3 * (matmul(n, first if layer == 0 else hidden, hidden) + matmul(n, hidden, hidden))
+               for layer in range(layers))
+
+
+def _rnn_flops(with_attention: bool, run, vocab_sizes: tuple[int, int], shapes) -> StepFlops:
+    """Forward FLOPs (conventions of :mod:`jaxseq.flops`), source ``(B, S)``, target ``(B, T)``::
+
+        encoder:    GRU stack over B S positions, input E
+        decoder:    GRU stack over B T positions, input E + H ([e(y); context])
+        additive:   2 B S H H (keys, once) + 2 B T H H (queries) + 2 B T S H (w_v) + 2 B T S H (pooling)
+        dot:        4 B T S H (scores and pooling)
+        output:     2 B T H V
+    """
+    (b, s), (_, t) = shapes["src"], shapes["tgt_in"]
+    e, h, layers = run.rnn.embed, run.rnn.hidden, run.model.layers
+    forward = _gru_stack_flops(b * s, e, h, layers) + _gru_stack_flops(b * t, e + h, h, layers)
+    if with_attention and run.rnn.attention == "additive":
+        forward += matmul(b * s, h, h) + matmul(b * t, h, h) + matmul(b * t * s, h, 1) + matmul(b * t, s, h)
+    elif with_attention:
+        forward += attention_flops(b, t, s, h)[0]
+    return StepFlops(forward + matmul(b * t, h, vocab_sizes[1]), b * t)
+
+
+def _transformer_flops(run, vocab_sizes: tuple[int, int], shapes) -> StepFlops:
+    """Forward FLOPs (conventions of :mod:`jaxseq.flops`), ``L`` blocks each side::
+
+        encoder block:  dense layers over B S positions + 4 B S S D (self-attention)
+        decoder block:  dense layers over B T + 4 B T T D / 2 (causal) + cross-attention:
+                        2 (2 B T D D) (Q, output) + 2 (2 B S D D) (K, V) + 4 B T S D
+        output:         2 B T D V
+    """
+    (b, s), (_, t) = shapes["src"], shapes["tgt_in"]
+    o, layers = run.transformer, run.model.layers
+    d, f = o.d_model, o.ffn or 4 * o.d_model
+    causal, masked = attention_flops(b, t, t, d, causal=True, block=Stack.causal_block)
+    cross = 2 * matmul(b * t, d, d) + 2 * matmul(b * s, d, d) + attention_flops(b, t, s, d)[0]
+    encoder = transformer_block(b * s, d, f) + attention_flops(b, s, s, d)[0]
+    decoder = transformer_block(b * t, d, f) + causal + cross
+    return StepFlops(layers * (encoder + decoder) + matmul(b * t, d, vocab_sizes[1]), b * t,
+                     masked=layers * masked)
+
+
 register(ModelSpec(task="translate", name="seq2seq", description="GRU encoder-decoder, context from the encoder",
-                   sections=("rnn",), build=functools.partial(_build_rnn, False)))
+                   sections=("rnn",), build=functools.partial(_build_rnn, False),
+                   flops=functools.partial(_rnn_flops, False)))
 register(ModelSpec(task="translate", name="bahdanau", description="GRU encoder-decoder with Bahdanau attention",
-                   sections=("rnn",), build=functools.partial(_build_rnn, True), cross_attention=True))
+                   sections=("rnn",), build=functools.partial(_build_rnn, True), cross_attention=True,
+                   flops=functools.partial(_rnn_flops, True)))
 # experiments/fra_eng_transformer.sh's settings (22-25 BLEU on held-out fra-eng pairs)
 register(ModelSpec(
     task="translate", name="transformer", description="Transformer encoder-decoder (Vaswani et al., 2017)",
-    sections=("transformer",), build=_build_transformer, cross_attention=True, layered_attention=True,
+    sections=("transformer",), build=_build_transformer, flops=_transformer_flops, cross_attention=True,
+    layered_attention=True,
     decode_cache=True, tuned_allocator=True, steps=900,
     defaults={"model": {"layers": 2, "dropout": 0.2},
               "transformer": {"d_model": 256, "heads": 4, "ffn": 1024},

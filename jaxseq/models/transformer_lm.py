@@ -32,6 +32,7 @@ import jax.numpy as jnp
 from jaxseq.attention_layers import Projection
 from jaxseq.config import option
 from jaxseq.errors import ConfigError
+from jaxseq.flops import StepFlops, attention, matmul, transformer_block
 from jaxseq.models.registry import ModelSpec, register
 from jaxseq.transformer import Embedder, Stack, TransformerOptions
 
@@ -135,10 +136,23 @@ def _build(run, vocab_sizes: tuple[int, ...]) -> TransformerLM:
                          dtype=run.train.compute_dtype, **options.stack_options())
 
 
+def _flops(run, vocab_sizes: tuple[int, ...], shapes) -> StepFlops:
+    """Forward FLOPs (conventions of :mod:`jaxseq.flops`), ``L`` blocks over ``N = B T`` positions::
+
+        L (4 (2 N D D) + 2 (2 N D F) + 4 B T T D / 2)  + 2 N D V     causal attention at half
+    """
+    b, t = shapes["inputs"]
+    o = run.transformer
+    counted, masked = attention(b, t, t, o.d_model, causal=True, block=TransformerLM.causal_block)
+    layers = run.model.layers
+    forward = layers * (transformer_block(b * t, o.d_model, o.ffn or 4 * o.d_model) + counted)
+    return StepFlops(forward + matmul(b * t, o.d_model, vocab_sizes[0]), b * t, masked=layers * masked)
+
+
 # nanoGPT's CPU configuration for character Shakespeare (experiments/nanogpt_shakespeare.sh)
 register(ModelSpec(
     task="lm", name="transformer", description="decoder-only (GPT-style) Transformer", sections=("transformer",),
-    build=_build, decode_cache=True, tuned_allocator=True,
+    build=_build, flops=_flops, decode_cache=True, tuned_allocator=True,
     defaults={"model": {"layers": 4, "dropout": 0.0},
               "transformer": {"d_model": 128, "heads": 4, "norm": "pre", "positional": "learned",
                               "ffn_activation": "gelu"},

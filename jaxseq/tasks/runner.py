@@ -30,7 +30,7 @@ import jax
 import numpy as np
 
 from jaxseq import config as config_lib
-from jaxseq import parallel
+from jaxseq import hardware, parallel
 from jaxseq import train as trainer
 from jaxseq.checkpoint import Checkpointer
 from jaxseq.data.text import warn
@@ -319,7 +319,10 @@ def _train_neural(task: Task, run: Run, data: Any, vocabs: dict[str, Vocab], wor
     before = task.before_training(run, data, options, echo)
 
     checkpointer = Checkpointer(workdir.checkpoints, keep=run.train.keep, keep_best=run.train.keep_best)
-    metrics_log = trainer.MetricsLog(workdir.metrics, jax.process_index() == 0)
+    metrics_log = trainer.MetricsLog(workdir.metrics, jax.process_index() == 0, events=workdir.file("tensorboard"))
+    sizes = task.vocab_sizes(vocabs)
+    step_flops = (lambda shapes: spec.flops(run, sizes, shapes)) if spec.flops else None
+    peak, source = hardware.peak_flops(run.train.dtype, run.train.peak_flops)
     try:
         if resume:
             if checkpointer.latest_step() is None:
@@ -334,14 +337,17 @@ def _train_neural(task: Task, run: Run, data: Any, vocabs: dict[str, Vocab], wor
             echo(f"resumed from step {step}")
         expected = dataclasses.replace(expected, data=fingerprint)    # what the checkpoints from now on hold
         echo(f"model: {spec.name}, {count_params(state.params):,} parameters; "
-             f"{task.describe_steps(run, batches, total_steps)} on {mesh.devices.size} device(s)")
+             f"{task.describe_steps(run, batches, total_steps)} on {mesh.devices.size} device(s); "
+             f"MFU against {peak / 1e12:.4g} TFLOP/s per device ({source})")
         shard = (jax.process_index(), jax.process_count())
         result = trainer.fit(model, state, tx, batches, total_steps=total_steps, config=run.train, mesh=mesh,
                              valid_batches=task.valid_batches(run, data, shard=shard), eval_carry=eval_carry,
                              checkpointer=checkpointer, manifest=expected.to_dict(), metrics_log=metrics_log,
-                             extra_eval=task.extra_eval(run, data, model), echo=echo)
+                             extra_eval=task.extra_eval(run, data, model), echo=echo, flops=step_flops,
+                             peak_flops=peak, profile_dir=workdir.file("profile"))
     finally:
         checkpointer.close()
+        metrics_log.close()
 
     step = int(jax.device_get(result.state.step))
     results = {"model": spec.name, "step": step, "valid": result.valid, "train_seconds": result.seconds, **before}
