@@ -14,6 +14,9 @@ import tempfile  # noqa: E402
 _CACHE = None if "JAX_COMPILATION_CACHE_DIR" in os.environ else tempfile.mkdtemp(prefix="jaxseq-xla-cache-")
 if _CACHE:
     os.environ["JAX_COMPILATION_CACHE_DIR"] = _CACHE
+# the measured peak FLOP/s (jaxseq.hardware) is cached under $XDG_CACHE_HOME: the session's own, not the user's
+_XDG = tempfile.mkdtemp(prefix="jaxseq-xdg-cache-")
+os.environ["XDG_CACHE_HOME"] = _XDG
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 
@@ -34,6 +37,7 @@ def tmp_cache(tmp_path, monkeypatch):
 
 
 def pytest_sessionfinish(session, exitstatus):
+    import shutil
+    shutil.rmtree(_XDG, ignore_errors=True)
     if _CACHE:
-        import shutil
         shutil.rmtree(_CACHE, ignore_errors=True)
