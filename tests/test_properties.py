@@ -276,7 +276,7 @@ def _cotangents(cell, rng, b, t, h):
 
 
 @pytest.mark.parametrize("cell", GATED, ids=lambda c: c.name)
-@props(3)
+@props(2)
 @given(case=sequence_cases(), reverse=BOOL, layout=st.sampled_from(cells.LAYOUTS), remat=BOOL)
 def test_gated_custom_backward_equals_autodiff(cell, case, reverse, layout, remat):
     """Gradients of a random linear functional of (final carry, outputs) w.r.t. params, inputs and the
