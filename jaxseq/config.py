@@ -48,7 +48,8 @@ def option(default: Any, help: str, *, choices: typing.Sequence[Any] | None = No
     """A dataclass field with its help, its rules and the metadata the CLI needs.
 
     ``legacy``: the value a saved config that predates the field meant (when
-    it differs from today's default), filled in by :func:`from_dict`.
+    it differs from today's default), filled in by :func:`from_dict`; a
+    callable gets the saved section's dict and returns that value.
     """
     meta: dict[str, Any] = {"help": help, "resumable": resumable, "governs": governs}
     if legacy is not dataclasses.MISSING:
@@ -227,8 +228,8 @@ def from_dict(cls: type[T], data: dict[str, Any], *, where: str = "config") -> T
     if unknown:
         raise ConfigError(f"{where}: unknown {cls.__name__} field(s) {', '.join(unknown)}; "
                           "was it written by another jaxseq version?")
-    legacy = {f.name: f.metadata["legacy"] for f in dataclasses.fields(cls)
-              if "legacy" in f.metadata and f.name not in data}
+    legacy = {f.name: f.metadata["legacy"](data) if callable(f.metadata["legacy"]) else f.metadata["legacy"]
+              for f in dataclasses.fields(cls) if "legacy" in f.metadata and f.name not in data}
     return cls(**{**legacy, **data})
 
 

@@ -109,7 +109,7 @@ class MetricsLog:
         """Drop records logged after ``step`` (by a run that stopped before its next checkpoint),
         and a torn last line, which is reported through ``warn``. Returns the number of torn lines
         dropped (0 or 1)."""
-        self._purge = step
+        self._purge = step + 1              # TensorBoard drops points at steps >= purge_step
         if not (self.enabled and self.path.exists()):
             return 0
         records, torn = self._parse(self.path)

@@ -72,6 +72,10 @@ class StepProfiler:
         """End the trace (if one runs) once ``state``'s computation has finished."""
         if self.active:
             self.active = False
-            jax.block_until_ready(state)
-            jax.profiler.stop_trace()
             self.window = None
+            try:
+                jax.block_until_ready(state)    # may raise: a failed step, or buffers donated to the next
+            except Exception:                   # noqa: BLE001 - the trace must end whatever the state
+                pass
+            finally:
+                jax.profiler.stop_trace()

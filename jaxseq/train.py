@@ -306,7 +306,7 @@ class _Periodic:
         """Add a step's seconds waiting for its batch and its analytic FLOPs (by batch shape) to the window."""
         self.window["wait"] += wait
         if self.flops_fn is not None:
-            key = tuple((k, np.shape(v)) for k, v in batch.items())
+            key = tuple((k, tuple(v.shape) if hasattr(v, "shape") else np.shape(v)) for k, v in batch.items())
             if key not in self._flops:
                 self._flops[key] = self.flops_fn({k: shape for k, shape in key})
             step_flops = self._flops[key]
@@ -448,7 +448,7 @@ def fit(model: nn.Module, state: TrainState, tx: optax.GradientTransformation, b
                 waited = time.perf_counter()
                 host_batch = next(batches)
                 batch = parallel.shard_batch(host_batch, mesh)
-                actions.count(host_batch, time.perf_counter() - waited)
+                actions.count(batch, time.perf_counter() - waited)     # global shapes: the FLOPs of every host
                 with profiler.annotate(step):
                     state, metrics = step_fn(state, batch)
                 actions.pending.append(metrics)
@@ -475,10 +475,10 @@ def fit(model: nn.Module, state: TrainState, tx: optax.GradientTransformation, b
                 actions.validate(state, step)
                 actions.save(state, step)
         finally:
-            profiler.stop(state)
             bar.close()
             if checkpointer is not None:
                 checkpointer.wait()
+            profiler.stop(state)
     result.state = state
     result.seconds = time.perf_counter() - t0
     return result

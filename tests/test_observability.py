@@ -9,6 +9,7 @@ inspects a Transformer LM and the Bahdanau model from their flags).
 import glob
 import gzip
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -65,10 +66,14 @@ def test_profile_window_writes_an_annotated_trace_and_changes_nothing(runs):
     assert [r["loss"] for r in _train_records(traced)] == [r["loss"] for r in _train_records(plain)]
 
 
-def test_tensorboard_events_mirror_metrics_jsonl(runs):
+def test_tensorboard_events_mirror_metrics_jsonl(runs, tmp_path):
+    """Also after a resume: the points up to the restored step stay, those past it are purged."""
     pytest.importorskip("tensorboardX")
     event_accumulator = pytest.importorskip("tensorboard.backend.event_processing.event_accumulator")
-    workdir, _ = runs["plain"]
+    shutil.copytree(runs["plain"][0], tmp_path / "run")
+    workdir = tmp_path / "run"
+    jaxseq.fit("lm", workdir=workdir, resume=True, echo=None, **{**RUN, "steps": STEPS + 2})
+    assert [r["step"] for r in _train_records(workdir)] == [2, 4, 6, 8]
     events = event_accumulator.EventAccumulator(str(workdir / "tensorboard"), size_guidance={"scalars": 0})
     events.Reload()
     expected = {}

@@ -285,9 +285,13 @@ def test_a_gru_of_the_other_form_is_refused_on_resume(trained, tmp_path, capsys)
 
 def test_configs_saved_before_a_field_existed_mean_what_they_meant():
     """A saved GRU config without gru_reset is the reset-after GRU jaxseq trained then (its parameters
-    hold b_hh), whatever today's default; a missing resumable field takes today's default."""
+    hold b_hh), whatever today's default; a run saved before --eval-context keeps being validated as
+    it was (state carried only with sequential sampling), so --keep-best compares like with like."""
     from jaxseq.data.lm import LMDataConfig
     from jaxseq.models.lm import RNNConfig
     assert config_lib.from_dict(RNNConfig, {"hidden": 8}).gru_reset == "after"
     assert config_lib.from_dict(RNNConfig, {"hidden": 8, "gru_reset": "before"}).gru_reset == "before"
-    assert config_lib.from_dict(LMDataConfig, {}).eval_context == "stream"
+    assert config_lib.from_dict(LMDataConfig, {"sampling": "random"}).eval_context == "window"
+    assert config_lib.from_dict(LMDataConfig, {"sampling": "sequential"}).eval_context == "stream"
+    assert config_lib.from_dict(LMDataConfig, {"eval_context": "stream"}).eval_context == "stream"
+    assert LMDataConfig().eval_context == "stream"

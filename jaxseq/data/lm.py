@@ -37,6 +37,12 @@ SAMPLING_CHOICES = ("random", "sequential")
 EVAL_CONTEXTS = ("stream", "window")
 
 
+def _saved_eval_context(saved: dict) -> str:
+    """How a run saved before ``--eval-context`` existed was validated: carrying the state only
+    with sequential sampling (so its best checkpoint and its curves keep one protocol)."""
+    return "stream" if saved.get("sampling") == "sequential" else "window"
+
+
 @dataclass(frozen=True)
 class LMDataConfig(Config):
     """Where the text comes from and how it is cut into batches."""
@@ -55,7 +61,7 @@ class LMDataConfig(Config):
     eval_context: str = option("stream", "how a model with a recurrent state reads held-out text: stream (the "
                                "state carried through it, the usual protocol) or window (reset every "
                                "--seq-len tokens); Transformers always read windows", choices=EVAL_CONTEXTS,
-                               resumable=True)
+                               legacy=_saved_eval_context)
 
 
 @dataclass
