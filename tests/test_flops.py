@@ -79,8 +79,28 @@ def test_gru_lm_counts_every_time_step():
     assert unrolled - looped == pytest.approx((3 + 2) * products, rel=TOL)
 
 
-def test_mingru_lm():
-    program = _program(lm.TASK, {"model": "mingru", "hidden": 128, "layers": 1, "mlp_ratio": 2, "expansion": 1.5,
+@pytest.mark.parametrize("model", ["rnn", "lstm"])
+def test_rnn_and_lstm_lm(model):
+    """The GRU's siblings: one and four gates per step (unrolled, as the GRU above)."""
+    flags = {"model": model, "hidden": 128, "embedding": 32, "batch_size": 16, "seq_len": 3}
+    with flops.unrolled_scans():
+        program = _program(lm.TASK, flags, (64,))
+        gates = {"rnn": 1, "lstm": 4}[model]
+        _check(program, _xla_flops(program), skipped=gates * flops.matmul(16, 128, 128))
+
+
+def test_seq2seq_translation():
+    """The RNN encoder-decoder without attention (the Bahdanau model is checked through inspect below)."""
+    flags = {"model": "seq2seq", "embed": 32, "hidden": 128, "layers": 1, "batch_size": 16, "max_len": 3,
+             "dropout": 0.0}
+    with flops.unrolled_scans():
+        program = _program(translate.TASK, flags, (64, 64))
+        _check(program, _xla_flops(program), skipped=3 * flops.matmul(16, 128, 128))
+
+
+@pytest.mark.parametrize("model", ["mingru", "minlstm"])
+def test_minrnn_lm(model):
+    program = _program(lm.TASK, {"model": model, "hidden": 128, "layers": 1, "mlp_ratio": 2, "expansion": 1.5,
                                  "batch_size": 32, "seq_len": 4}, (64,))
     _check(program, _xla_flops(program))
 
