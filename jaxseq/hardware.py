@@ -10,6 +10,10 @@ measured peak: the best rate of a large matrix product on the device
 (:func:`measure_peak`), cached per machine in
 ``$XDG_CACHE_HOME/jaxseq/peak_flops.json`` (default ``~/.cache``).
 
+A measured peak is a lower bound on a GPU or TPU missing from the table (a
+1024^3 product does not fill a large accelerator), so MFU reads high there:
+give ``--peak-flops`` for such a device.
+
 For float32 runs the GPU entries are the TF32 tensor-core figures: XLA's
 default precision runs float32 products on them (``jax_default_matmul_precision``
 ``highest`` would need the plain FP32 figures, quoted beside each entry).
