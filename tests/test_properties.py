@@ -213,18 +213,25 @@ def test_gated_scan_equals_a_python_loop_over_step(cell, case, reverse, variant,
     assert np.all(np.asarray(hs)[~keep_of(b, t, lengths, mask)] == 0.0)
 
 
-@pytest.mark.parametrize("cell", MINIMAL, ids=lambda c: c.name)
-@props(3)
-@given(case=sequence_cases(), reverse=BOOL, runner=st.sampled_from(cells.MIN_RUNNERS))
-def test_minimal_runs_equal_a_python_loop_over_step(cell, case, reverse, runner):
-    """Both runners (associative and sequential scan) equal the Python loop over ``cell.step``, for
-    random lengths or masks, resets (also on masked steps, where they are ignored) and initial states."""
+def _minimal_case(cell, case):
+    """A minGRU/minLSTM example from a drawn case: shapes, lengths or mask, a generator seeded by the
+    case, parameters, inputs, an initial state of either sign and random resets."""
     b, t, h, seed, (_, lengths, mask) = case
     rng = np.random.default_rng(seed)
     p = cell_params(cell, rng, h)
     xs = jnp.asarray(2.0 * rng.normal(size=(b, t, INPUT)).astype(np.float32))
     h0 = random_carry(cell, rng, b, h)
     resets = rng.random((b, t)) < 0.3
+    return b, t, h, lengths, mask, rng, p, xs, h0, resets
+
+
+@pytest.mark.parametrize("cell", MINIMAL, ids=lambda c: c.name)
+@props(3)
+@given(case=sequence_cases(), reverse=BOOL, runner=st.sampled_from(cells.MIN_RUNNERS))
+def test_minimal_runs_equal_a_python_loop_over_step(cell, case, reverse, runner):
+    """Both runners (associative and sequential scan) equal the Python loop over ``cell.step``, for
+    random lengths or masks, resets (also on masked steps, where they are ignored) and initial states."""
+    b, t, h, lengths, mask, rng, p, xs, h0, resets = _minimal_case(cell, case)
     carry, hs = _run_any(cell, p, xs, h0, lengths, mask, resets, (("reverse", reverse), ("runner", runner)))
     ref_carry, ref_hs = python_loop(cell, p, xs, h0, keep_of(b, t, lengths, mask), resets, reverse)
     np.testing.assert_allclose(hs, ref_hs, rtol=1e-5, atol=1e-5)
@@ -300,12 +307,7 @@ def test_gated_custom_backward_equals_autodiff(cell, case, reverse, layout, rema
 def test_minimal_parallel_backward_equals_autodiff(cell, case, reverse):
     """The associative scan's hand-written backward equals JAX's autodiff of the Python loop over
     ``cell.step``, for random lengths or masks, resets and initial states of either sign."""
-    b, t, h, seed, (_, lengths, mask) = case
-    rng = np.random.default_rng(seed)
-    p = cell_params(cell, rng, h)
-    xs = jnp.asarray(2.0 * rng.normal(size=(b, t, INPUT)).astype(np.float32))
-    h0 = random_carry(cell, rng, b, h)
-    resets = rng.random((b, t)) < 0.3
+    b, t, h, lengths, mask, rng, p, xs, h0, resets = _minimal_case(cell, case)
     ct_hs, ct_carry = _cotangents(cell, rng, b, t, h)
     keep = keep_of(b, t, lengths, mask)
     options = (("reverse", reverse), ("runner", "parallel"))
