@@ -27,7 +27,6 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 import jax
-from jax.sharding import NamedSharding
 
 from jaxseq import flops as flops_lib
 from jaxseq import parallel
@@ -73,14 +72,8 @@ def step_program(task, run, vocab_sizes: tuple[int, ...]) -> StepProgram:
     model = spec.build(run, vocab_sizes)
     sample = task.example_batch(run)
     tx = make_optimizer(run.optim, run.train.total_steps(1, spec.steps or task.default_steps))
-    carry = task.initial_carry(run, model)
-    shapes = jax.eval_shape(lambda: trainer.create_state(model, tx, sample, run.train.seed, mesh, carry))
-    fsdp = mesh.shape[parallel.FSDP]
-    put = lambda s, sharding: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding)
-    state = jax.tree_util.tree_map(lambda s: put(s, NamedSharding(mesh, parallel.param_spec(s.shape, fsdp))),
-                                   shapes.replace(carry=None))
+    state = trainer.state_shapes(model, tx, sample, run.train.seed, mesh, task.initial_carry(run, model))
     along = parallel.batch_sharding(mesh)
-    state = state.replace(carry=jax.tree_util.tree_map(lambda s: put(s, along), shapes.carry))
     batch = {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=along) for k, v in sample.items()}
     step = trainer.train_step_for(model, tx, state, mesh, run.train)
     return StepProgram(run, model, step, state, batch, mesh, tuple(vocab_sizes))

@@ -115,11 +115,15 @@ def param_spec(shape: tuple[int, ...], fsdp: int) -> P:
     return P(*([None] * axis + [FSDP]))
 
 
+def param_sharding(shape: tuple[int, ...], mesh: Mesh) -> NamedSharding:
+    """Where a parameter or optimizer-state array of ``shape`` lives: replicated, or FSDP-sharded by
+    :func:`param_spec`."""
+    return NamedSharding(mesh, param_spec(tuple(shape), mesh.shape[FSDP]))
+
+
 def place_state(tree: Any, mesh: Mesh) -> Any:
-    """Place parameters / optimizer state: replicated, or FSDP-sharded by :func:`param_spec`."""
-    fsdp = mesh.shape[FSDP]
-    return jax.tree_util.tree_map(
-        lambda x: jax.device_put(x, NamedSharding(mesh, param_spec(np.shape(x), fsdp))), tree)
+    """Place parameters / optimizer state (:func:`param_sharding`)."""
+    return jax.tree_util.tree_map(lambda x: jax.device_put(x, param_sharding(np.shape(x), mesh)), tree)
 
 
 def replicated(mesh: Mesh) -> NamedSharding:

@@ -132,6 +132,18 @@ def create_state(model: nn.Module, tx: optax.GradientTransformation, batch: Batc
     return state
 
 
+def state_shapes(model: nn.Module, tx: optax.GradientTransformation, batch: Batch, seed: int, mesh: Mesh,
+                 carry: Any = None) -> TrainState:
+    """What :func:`create_state` would return, as ``jax.ShapeDtypeStruct`` leaves carrying the
+    shardings it places them with (``jax.eval_shape`` drops them); nothing is computed."""
+    shapes = jax.eval_shape(lambda: create_state(model, tx, batch, seed, mesh, carry))
+    struct = lambda s, sharding: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding)
+    state = jax.tree_util.tree_map(lambda s: struct(s, parallel.param_sharding(s.shape, mesh)),
+                                   shapes.replace(carry=None))
+    along = parallel.batch_sharding(mesh)
+    return state.replace(carry=jax.tree_util.tree_map(lambda s: struct(s, along), shapes.carry))
+
+
 def state_shardings(state: TrainState) -> Any:
     return jax.tree_util.tree_map(lambda x: x.sharding, state)
 

@@ -408,11 +408,7 @@ def load(workdir: WorkdirLike, task: Task, *, data_fingerprint: str | None = Non
     model = spec.build(run, task.vocab_sizes(vocabs))
     sample = task.example_batch(run)
     tx = make_optimizer(run.optim, 1)
-    carry = task.initial_carry(run, model)
-    mesh = parallel.make_mesh(1)
-    abstract = jax.eval_shape(lambda: trainer.create_state(model, tx, sample, 0, mesh, carry))
-    sharding = parallel.replicated(mesh)
-    abstract = jax.tree_util.tree_map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding), abstract)
+    abstract = trainer.state_shapes(model, tx, sample, 0, parallel.make_mesh(1), task.initial_carry(run, model))
     expected = manifest(run, vocabs, abstract.params, data_fingerprint)
     ckpt = Checkpointer(workdir.checkpoints, read_only=True)
     try:
