@@ -132,7 +132,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--beam", type=int, default=None, help="translation: beam size for BLEU (default: greedy)")
     ev.add_argument("--eval-context", choices=("stream", "window"), default=None,
                     help="language models with a recurrent state: carry it through the text (stream) or reset "
-                    "it every --seq-len tokens (window); default: the run's --eval-context (stream)")
+                    "it every --seq-len tokens (window); default: the run's --eval-context (stream; a run saved before "
+                    "the flag existed: as it was validated)")
     ev.add_argument("--allow-data-change", action="store_true",
                     help="score the run's validation split even though the data file changed since training")
 

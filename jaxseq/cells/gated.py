@@ -124,7 +124,7 @@ def _gru_before_core(gx: dict, gh: dict, h: Array) -> tuple[Array, Array]:
     ``gh["h"] = (R_t * H_{t-1}) W_hh`` was taken by :meth:`Cell.preactivate_hidden`
     from :func:`_gru_reset_state`; ``gh["r"]``, ``gh["z"]`` as in :func:`_gru_core`.
     """
-    _, z = _gru_gates(gx, gh)
+    z = jax.nn.sigmoid(gx["z"] + gh["z"])          # R_t was used in gh["h"] already
     return _gru_update(z, h, jnp.tanh(gx["h"] + gh["h"]))
 
 
