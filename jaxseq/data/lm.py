@@ -28,6 +28,7 @@ import numpy as np
 from jaxseq.config import Config, option
 from jaxseq.data import text as text_lib
 from jaxseq.data.epochs import EpochBatches, fold_rng, shard_rows
+from jaxseq.data.shards import TokenStream, is_prepared, take_windows
 from jaxseq.data.vocab import (RESERVED_STRINGS, UNK, Vocab, count_reserved, require_real_tokens,
                                reserved_warning)
 from jaxseq.errors import ConfigError, DataError
@@ -47,8 +48,9 @@ def _saved_eval_context(saved: dict) -> str:
 class LMDataConfig(Config):
     """Where the text comes from and how it is cut into batches."""
 
-    data: str = option("builtin", "a text file, 'builtin' (the Python reference shipped with CPython) "
-                       "or a registered dataset (see `jaxseq data list`)")
+    data: str = option("builtin", "a text file, 'builtin' (the Python reference shipped with CPython), "
+                       "a registered dataset (see `jaxseq data list`) or a directory of token shards written by "
+                       "`jaxseq prepare` (read by memory map; its tokenization settings are the run's)")
     tokens: str = option("char", "token level", choices=text_lib.TOKEN_CHOICES)
     preprocess: str = option("none", "text preprocessing", choices=text_lib.PREPROCESS_CHOICES)
     valid_fraction: float = option(0.1, "the last fraction of the token stream held out for validation",
@@ -66,12 +68,22 @@ class LMDataConfig(Config):
 
 @dataclass
 class LMCorpus:
-    """A tokenized corpus split into training and validation id streams."""
+    """A tokenized corpus split into training and validation id streams.
 
-    train: np.ndarray      # (N_train,) int32
-    valid: np.ndarray      # (N_valid,) int32
+    From prepared shards (``jaxseq prepare``) ``train`` is a memory-mapped
+    :class:`~jaxseq.data.shards.TokenStream` and ``fingerprint`` the hash of
+    the index's shard hashes; from a text file both are in memory.
+    """
+
+    train: np.ndarray | TokenStream      # (N_train,) int32, or the shards' stream
+    valid: np.ndarray                    # (N_valid,) int32
     vocab: Vocab
     source: str
+    fingerprint: str | None = None       # the data fingerprint when it is not a hash of the ids
+
+    @property
+    def sharded(self) -> bool:
+        return isinstance(self.train, TokenStream)
 
     @property
     def train_tokens(self) -> int:
@@ -100,6 +112,8 @@ def load_corpus(config: LMDataConfig, vocab: Vocab | None = None) -> LMCorpus:
     from jaxseq.data import corpora
 
     config.validate()
+    if is_prepared(config.data):
+        return load_shards(config, vocab)
     text, source = corpora.load_text(config.data)
     tokens = tokens_from_config(config, text)
     if len(tokens) < 4:
@@ -119,19 +133,32 @@ def load_corpus(config: LMDataConfig, vocab: Vocab | None = None) -> LMCorpus:
     return LMCorpus(train=train, valid=valid, vocab=vocab, source=source)
 
 
+def load_shards(config: LMDataConfig, vocab: Vocab | None = None) -> LMCorpus:
+    """A corpus from the shard directory ``config.data`` (see :mod:`jaxseq.data.shards`): the training
+    stream memory-mapped, validation read whole, the vocabulary the index's (``vocab``: the run's saved
+    one, refused if it is another)."""
+    from jaxseq.data import shards
+
+    opened = shards.open_prepared(config.data, vocab)
+    return LMCorpus(train=opened.train, valid=opened.valid, vocab=opened.vocab, source=str(config.data),
+                    fingerprint=opened.fingerprint)
+
+
 class LMBatches(EpochBatches):
     """Training batches over epochs, resumable from ``(epoch, index)`` (see :mod:`jaxseq.data.epochs`).
 
     ``shard=(i, n)`` gives host ``i`` of ``n`` its rows ``[i B/n, (i+1) B/n)``
     of every global batch, so the hosts together see exactly the global batch.
+    ``ids`` is an array or the memory-mapped :class:`TokenStream` of prepared
+    shards: the same windows either way, and only this host's rows are read.
     """
 
-    def __init__(self, ids: np.ndarray, *, seq_len: int, batch_size: int, sampling: str = "random",
+    def __init__(self, ids: np.ndarray | TokenStream, *, seq_len: int, batch_size: int, sampling: str = "random",
                  seed: int = 0, shard: tuple[int, int] = (0, 1)):
         super().__init__()
         if sampling not in SAMPLING_CHOICES:
             raise ConfigError(f"--sampling must be one of {', '.join(SAMPLING_CHOICES)}, got {sampling!r}")
-        self.ids = np.asarray(ids, dtype=np.int32)
+        self.ids = ids if isinstance(ids, TokenStream) else np.asarray(ids, dtype=np.int32)
         self.seq_len, self.batch_size, self.sampling, self.seed = seq_len, batch_size, sampling, seed
         self.rows = shard_rows(batch_size, shard)
         if self.batches_per_epoch < 1:
@@ -167,9 +194,7 @@ class LMBatches(EpochBatches):
         """Batch ``index`` of ``epoch`` (this host's rows)."""
         if starts is None:
             starts = self.window_starts(epoch)
-        rows = starts[index, self.rows]
-        pos = rows[:, None] + np.arange(self.seq_len + 1)[None, :]
-        window = self.ids[pos]
+        window = take_windows(self.ids, starts[index, self.rows], self.seq_len + 1)
         return {"inputs": window[:, :-1], "targets": window[:, 1:],
                 "weights": np.ones(window[:, 1:].shape, np.float32)}
 
