@@ -25,7 +25,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 import numpy as np
 
-from jaxseq.config import Config, option
+from jaxseq.config import Config, option, to_dict
 from jaxseq.data import text as text_lib
 from jaxseq.data.epochs import EpochBatches, fold_rng, shard_rows
 from jaxseq.data.shards import TokenStream, is_prepared, take_windows
@@ -139,6 +139,12 @@ def load_shards(config: LMDataConfig, vocab: Vocab | None = None) -> LMCorpus:
     one, refused if it is another)."""
     from jaxseq.data import shards
 
+    saved = shards.tokenization(config.data)
+    for name, value in to_dict(config).items():
+        if name in saved and saved[name] != value:
+            flag = "--" + name.replace("_", "-")
+            raise DataError(f"{config.data}: prepared with {flag} {saved[name]}, the run has {flag} {value}; "
+                            "train on shards prepared with the run's settings, or start a new --workdir")
     opened = shards.open_prepared(config.data, vocab)
     return LMCorpus(train=opened.train, valid=opened.valid, vocab=opened.vocab, source=str(config.data),
                     fingerprint=opened.fingerprint)
