@@ -185,22 +185,34 @@ class LMBatches(EpochBatches):
             return self._num_windows(worst) // self.batch_size
         return (len(self.ids) - worst - 1) // self.batch_size // self.seq_len
 
-    def window_starts(self, epoch: int) -> np.ndarray:
-        """``(batches_per_epoch, B)`` start positions of every window of an epoch (the epoch's layout)."""
-        offset, nb, b, t = self._offset(epoch), self.batches_per_epoch, self.batch_size, self.seq_len
+    def layout(self, epoch: int) -> tuple[int, np.ndarray | int]:
+        """What fixes ``epoch``'s windows, compactly: ``(offset, order)`` for random sampling (``order``:
+        the window permutation as int32 where it fits, 4 bytes per window), ``(offset, stream_len)`` for
+        sequential (nothing per window), so a corpus larger than memory costs little here."""
+        offset = self._offset(epoch)
         if self.sampling == "random":
-            order = fold_rng(self.seed, epoch).permutation(self._num_windows(offset))
-            return offset + t * order[: nb * b].reshape(nb, b)
-        stream_len = (len(self.ids) - offset - 1) // b
-        return offset + stream_len * np.arange(b)[None, :] + t * np.arange(nb)[:, None]
+            n = self._num_windows(offset)
+            order = np.arange(n, dtype=np.int32 if n < 2 ** 31 else np.int64)
+            fold_rng(self.seed, epoch).shuffle(order)        # the same order as permutation(n), in place
+            return offset, order[: self.batches_per_epoch * self.batch_size]
+        return offset, (len(self.ids) - offset - 1) // self.batch_size
 
-    layout = window_starts
+    def starts(self, epoch: int, index: int, layout: tuple | None = None) -> np.ndarray:
+        """``(B,)`` start positions of the windows of batch ``index`` of ``epoch`` (every row)."""
+        offset, order = self.layout(epoch) if layout is None else layout
+        b, t = self.batch_size, self.seq_len
+        if self.sampling == "random":
+            return offset + t * order[index * b: (index + 1) * b].astype(np.int64)
+        return offset + order * np.arange(b, dtype=np.int64) + t * index
 
-    def batch(self, epoch: int, index: int, starts: np.ndarray | None = None) -> Batch:
+    def window_starts(self, epoch: int) -> np.ndarray:
+        """``(batches_per_epoch, B)`` start positions of every window of an epoch (all batches at once)."""
+        layout = self.layout(epoch)
+        return np.stack([self.starts(epoch, i, layout) for i in range(self.batches_per_epoch)])
+
+    def batch(self, epoch: int, index: int, layout: tuple | None = None) -> Batch:
         """Batch ``index`` of ``epoch`` (this host's rows)."""
-        if starts is None:
-            starts = self.window_starts(epoch)
-        window = take_windows(self.ids, starts[index, self.rows], self.seq_len + 1)
+        window = take_windows(self.ids, self.starts(epoch, index, layout)[self.rows], self.seq_len + 1)
         return {"inputs": window[:, :-1], "targets": window[:, 1:],
                 "weights": np.ones(window[:, 1:].shape, np.float32)}
 

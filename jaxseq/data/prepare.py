@@ -46,6 +46,7 @@ import numpy as np
 from jaxseq.config import Config, option, to_dict
 from jaxseq.data import shards
 from jaxseq.data.lm import LMDataConfig, tokens_from_config
+from jaxseq.data.text import TOKEN_CHOICES
 from jaxseq.data.vocab import (RESERVED_STRINGS, UNK, Vocab, count_reserved, require_real_tokens,
                                reserved_warning)
 from jaxseq.errors import ConfigError, DataError
@@ -241,6 +242,9 @@ def prepare(corpus: str, out: str | os.PathLike, config: LMDataConfig | None = N
     options = options or PrepareConfig()
     config.validate()
     options.validate()
+    if config.tokens not in TOKEN_CHOICES:
+        raise ConfigError(f"jaxseq prepare: --tokens {config.tokens} is not supported yet (only "
+                          f"{', '.join(TOKEN_CHOICES)}); train on the text file instead")
     t0 = time.perf_counter()
     out = Path(out)
     files = corpus_files(corpus)
