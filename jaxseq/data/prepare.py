@@ -46,6 +46,7 @@ import numpy as np
 from jaxseq.config import Config, option, to_dict
 from jaxseq.data import shards
 from jaxseq.data.lm import LMDataConfig, tokens_from_config
+from jaxseq.data import text as text_lib
 from jaxseq.data.text import TOKEN_CHOICES
 from jaxseq.data.vocab import (RESERVED_STRINGS, UNK, Vocab, count_reserved, require_real_tokens,
                                reserved_warning)
@@ -178,12 +179,25 @@ def _line_of(path: str, offset: int) -> int:
 
 _CONFIG: LMDataConfig | None = None
 _VOCAB: Vocab | None = None
+_VOCAB_PATH: str | None = None
+_CHAR_TABLE: tuple[np.ndarray, np.ndarray] = (np.zeros(0, np.uint32), np.zeros(0, np.int32))
 
 
-def _init(config: LMDataConfig, vocab_tokens: list[str] | None) -> None:
-    global _CONFIG, _VOCAB
-    _CONFIG = config
-    _VOCAB = None if vocab_tokens is None else Vocab(vocab_tokens)
+def _init(config: LMDataConfig) -> None:
+    global _CONFIG, _VOCAB, _VOCAB_PATH
+    _CONFIG, _VOCAB, _VOCAB_PATH = config, None, None
+
+
+def _use_vocab(path: str) -> None:
+    """Load the vocabulary pass 3 encodes with (written by the main process before it starts), once per worker."""
+    global _VOCAB, _VOCAB_PATH, _CHAR_TABLE
+    if _VOCAB_PATH == path:
+        return
+    _VOCAB, _VOCAB_PATH = Vocab.load(path), path
+    # the one-character text tokens by code point, sorted, and their ids
+    chars = sorted((ord(t), i) for t, i in _VOCAB.text_to_idx.items() if len(t) == 1)
+    _CHAR_TABLE = (np.array([c for c, _ in chars] or [0], np.uint32),
+                   np.array([i for _, i in chars] or [_VOCAB.unk], np.int32))
 
 
 def _tokens(chunk: Chunk) -> tuple[list[str], str]:
@@ -191,8 +205,21 @@ def _tokens(chunk: Chunk) -> tuple[list[str], str]:
     return tokens_from_config(_CONFIG, text), text
 
 
+def _code_points(chunk: Chunk) -> tuple[np.ndarray, str]:
+    """Character tokens as code points: ``list(text)`` is ``map(chr, code points)``, one to one, so
+    counting and encoding them with NumPy gives exactly the ids of the token path, ~20x faster."""
+    text = read_chunk(chunk)
+    prepared = text_lib.preprocess(text, _CONFIG.preprocess)
+    return np.frombuffer(prepared.encode("utf-32-le"), np.uint32), text
+
+
 def _count(chunk: Chunk) -> tuple[int, collections.Counter, collections.Counter, bool]:
     """``(tokens, counts, reserved-string counts, has non-space text)`` of a chunk."""
+    if _CONFIG.tokens == "char":            # no character is spelled like a reserved token (<unk> ...)
+        points, text = _code_points(chunk)
+        values, counts = np.unique(points, return_counts=True)
+        return len(points), collections.Counter(dict(zip(map(chr, values.tolist()), counts.tolist()))), \
+            collections.Counter(), bool(text.strip())
     tokens, text = _tokens(chunk)
     reserved = count_reserved(tokens) if any(r in text for r in RESERVED_STRINGS) else collections.Counter()
     return len(tokens), collections.Counter(tokens), reserved, bool(text.strip())
@@ -201,10 +228,20 @@ def _count(chunk: Chunk) -> tuple[int, collections.Counter, collections.Counter,
 def _count_tail(job: tuple[Chunk, int]) -> collections.Counter:
     """Counts of a chunk's tokens from position ``skip`` on (the validation part)."""
     chunk, skip = job
+    if _CONFIG.tokens == "char":
+        values, counts = np.unique(_code_points(chunk)[0][skip:], return_counts=True)
+        return collections.Counter(dict(zip(map(chr, values.tolist()), counts.tolist())))
     return collections.Counter(_tokens(chunk)[0][skip:])
 
 
-def _encode(chunk: Chunk) -> np.ndarray:
+def _encode(job: tuple[Chunk, str]) -> np.ndarray:
+    chunk, vocab_path = job
+    _use_vocab(vocab_path)
+    if _CONFIG.tokens == "char":
+        points = _code_points(chunk)[0]
+        keys, ids = _CHAR_TABLE
+        at = np.minimum(np.searchsorted(keys, points), len(keys) - 1)
+        return np.where(keys[at] == points, ids[at], _VOCAB.unk).astype(np.int32)
     return _VOCAB.encode(_tokens(chunk)[0])
 
 
@@ -218,12 +255,11 @@ def _mapped(fn: Callable, jobs: Sequence, pool, workers: int) -> Iterator:
         yield from pool.map(fn, jobs[i: i + window], chunksize=1)
 
 
-def _pool(workers: int, config: LMDataConfig, vocab: Vocab | None):
+def _pool(workers: int, config: LMDataConfig):
     if workers <= 1:
-        _init(config, None if vocab is None else vocab.idx_to_token)
+        _init(config)
         return None
-    return multiprocessing.get_context("spawn").Pool(
-        workers, initializer=_init, initargs=(config, None if vocab is None else vocab.idx_to_token))
+    return multiprocessing.get_context("spawn").Pool(workers, initializer=_init, initargs=(config,))
 
 
 # -- the three passes ----------------------------------------------------------------------------
@@ -258,7 +294,7 @@ def prepare(corpus: str, out: str | os.PathLike, config: LMDataConfig | None = N
     sizes, counts = [], collections.Counter()
     reserved: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
     has_text: dict[str, bool] = collections.defaultdict(bool)
-    pool = _pool(workers, config, None)
+    pool = _pool(workers, config)
     try:
         for chunk, (n, c, r, text) in zip(chunks, _mapped(_count, chunks, pool, workers)):
             sizes.append(n)
@@ -285,28 +321,23 @@ def prepare(corpus: str, out: str | os.PathLike, config: LMDataConfig | None = N
                 if e > n_train]
         for c in _mapped(_count_tail, tail, pool, workers):
             counts.subtract(c)
-    finally:
-        if pool is not None:
-            pool.close()
-            pool.join()
-    counts = +counts
-    vocab = Vocab.from_counts(counts, min_freq=config.min_freq, reserved_tokens=(UNK,))
-    require_real_tokens(vocab, counts.elements(), min_freq=config.min_freq, source=corpus, what="token",
-                        of="the training text")
-    dtype = shards.compact_dtype(len(vocab))
+        counts = +counts
+        vocab = Vocab.from_counts(counts, min_freq=config.min_freq, reserved_tokens=(UNK,))
+        require_real_tokens(vocab, counts.elements(), min_freq=config.min_freq, source=corpus, what="token",
+                            of="the training text")
+        dtype = shards.compact_dtype(len(vocab))
+        vocab.save(out / shards.VOCAB)                # the workers read it from there
 
-    # pass 3: encode and write
-    sink = _Sink(out, dtype, n_train, n_valid, options.shard_tokens, vocab.fingerprint())
-    pool = _pool(workers, config, vocab)
-    try:
-        for ids in _mapped(_encode, chunks, pool, workers):
+        # pass 3: encode and write
+        sink = _Sink(out, dtype, n_train, n_valid, options.shard_tokens, vocab.fingerprint())
+        vocab_path = str((out / shards.VOCAB).resolve())
+        for ids in _mapped(_encode, [(chunk, vocab_path) for chunk in chunks], pool, workers):
             sink.write(ids)
+        entries = sink.close()
     finally:
         if pool is not None:
             pool.close()
             pool.join()
-    entries = sink.close()
-    vocab.save(out / shards.VOCAB)
     seconds = time.perf_counter() - t0
     index = {"format": shards.FORMAT, "version": shards.VERSION,
              "sources": [str(f.resolve()) for f in files], "source_bytes": total_bytes,

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import collections
 import hashlib
+import itertools
 import json
 import os
 from pathlib import Path
@@ -110,7 +111,7 @@ class Vocab:
         reserved token (``"<eos>"`` in the text is ``<unk>``, not ``eos``).
         """
         get, unk = self.text_to_idx.get, self.unk
-        return np.fromiter((get(t, unk) for t in tokens), dtype=np.int32)
+        return np.fromiter(map(get, tokens, itertools.repeat(unk)), dtype=np.int32)
 
     def decode(self, ids: Iterable[int]) -> list[str]:
         table = self.idx_to_token
