@@ -16,7 +16,10 @@ fresh process so that peak RSS (``ru_maxrss``) is its own:
    FILE` loads it (the whole text, its token list and its ids in memory).
 
 Flat memory means: the shard rows' peak RSS hardly moves from scale 1 to 10,
-while the in-memory rows grow with the corpus.
+while the in-memory rows grow with the corpus. Pages of the memory-mapped
+shards a process has read count in its RSS as *file-backed* memory (page
+cache the kernel can drop at will), so the table also gives the anonymous
+and file-backed parts at the end of each training run.
 
     python benchmarks/bench_prepare.py                               # 1x and 10x tinyshakespeare
     python benchmarks/bench_prepare.py --scales 1 --steps 3 --data SMALL.txt    # smoke run
@@ -78,8 +81,10 @@ for _ in range(cfg["steps"]):
     state, m = step(state, parallel.shard_batch(next(batches), mesh))
 jax.block_until_ready(m["loss"])
 train_tps = cfg["steps"] * cfg["batch"] * cfg["seq"] / (time.perf_counter() - t)
+status = dict(line.split(":", 1) for line in open("/proc/self/status").read().splitlines() if ":" in line)
 print(json.dumps({"load_seconds": load_seconds, "train_tokens": len(corpus.train), "train_tok_s": train_tps,
-                  "data_tok_s": data_tps, "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+                  "data_tok_s": data_tps, "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                  "anon_mb": int(status["RssAnon"].split()[0]) / 1024, "file_mb": int(status["RssFile"].split()[0]) / 1024}))
 """
 
 
@@ -128,7 +133,8 @@ def main() -> None:
                         f"{prep['worker_rss_mb']:.0f} MB) |")
             for name, r in (("train shards", from_shards), ("train memory", in_memory)):
                 rows.append(f"| {scale}x | {mb:.1f} MB | {name} | load {r['load_seconds']:.2f} s | "
-                            f"{r['train_tok_s']:,.0f} | {r['data_tok_s']:,.0f} | {r['rss_mb']:.0f} MB |")
+                            f"{r['train_tok_s']:,.0f} | {r['data_tok_s']:,.0f} | {r['rss_mb']:.0f} MB (at the end: "
+                            f"{r['anon_mb']:.0f} MB anonymous, {r['file_mb']:.0f} MB file-backed) |")
             shutil.rmtree(out)
             corpus.unlink()
     finally:

@@ -52,7 +52,7 @@ def _files(path):
     return {p.name: p.read_bytes() for p in sorted(path.iterdir())}
 
 
-@pytest.mark.parametrize("tokens, preprocess", [("char", "none"), ("word", "d2l")])
+@pytest.mark.parametrize("tokens, preprocess", [("char", "none"), ("char", "d2l"), ("word", "d2l")])
 def test_shards_hold_the_in_memory_corpus_whatever_the_workers(corpus, tmp_path, tokens, preprocess):
     folder, whole = corpus
     config = LMDataConfig(tokens=tokens, preprocess=preprocess, valid_fraction=0.15)
