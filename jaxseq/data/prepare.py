@@ -283,7 +283,10 @@ def prepare(corpus: str, out: str | os.PathLike, config: LMDataConfig | None = N
                           f"{', '.join(TOKEN_CHOICES)}); train on the text file instead")
     t0 = time.perf_counter()
     out = Path(out)
-    files = corpus_files(corpus)
+    inside = out.resolve()
+    files = [f for f in corpus_files(corpus) if inside not in f.resolve().parents]    # never its own shards
+    if not files:
+        raise DataError(f"{corpus}: holds no files besides --out {out}; give the corpus")
     _claim(out)
     chunks = plan_chunks(files, options.chunk_bytes, config.preprocess)
     total_bytes = sum(f.stat().st_size for f in files)
