@@ -116,7 +116,7 @@ class TokenStream:
     """
 
     def __init__(self, arrays: Sequence[np.ndarray]):
-        self.arrays = list(arrays)
+        self.arrays = [a.view(np.ndarray) if isinstance(a, np.memmap) else a for a in arrays]   # no subclass cost
         sizes = np.array([len(a) for a in self.arrays], dtype=np.int64)
         self.offsets = np.concatenate([[0], np.cumsum(sizes)])        # shard k holds [offsets[k], offsets[k+1])
 
@@ -130,8 +130,14 @@ class TokenStream:
                              f"stream of {len(self)} tokens")
         out = np.empty((starts.size, length), np.int32)
         first = np.searchsorted(self.offsets, starts, side="right") - 1
-        for r, (s, k) in enumerate(zip(starts.tolist(), first.tolist())):
-            filled = 0
+        last = np.searchsorted(self.offsets, starts + length - 1, side="right") - 1
+        inside = first == last
+        for k in np.unique(first[inside]).tolist():      # windows within one shard: one gather per shard
+            rows = np.flatnonzero(inside & (first == k))
+            local = starts[rows] - self.offsets[k]
+            out[rows] = self.arrays[k][local[:, None] + np.arange(length)[None, :]]
+        for r in np.flatnonzero(~inside).tolist():       # windows across a boundary: joined from pieces
+            s, k, filled = int(starts[r]), int(first[r]), 0
             while filled < length:
                 local = s + filled - int(self.offsets[k])
                 piece = self.arrays[k][local: local + length - filled]
