@@ -8,7 +8,7 @@ fresh process so that peak RSS (``ru_maxrss``) is its own:
 1. ``prepare``: the file into shards with ``--workers`` processes; MB/s of
    text, peak RSS of the main process and of the largest worker.
 2. ``train shards``: the corpus opened from the shards (training stream
-   memory-mapped, validation read whole, as `train lm --data DIR` does), a
+   memory-mapped, validation read batch by batch, as `train lm --data DIR` does), a
    GRU language model's train step run for ``--steps`` steps; tokens/s of the
    training loop (batches read from the shards included), tokens/s of the
    batch iterator alone, peak RSS.
@@ -58,12 +58,13 @@ import json, resource, sys, time
 cfg = json.loads(sys.argv[1])
 import jax, numpy as np
 from jaxseq import parallel, train
-from jaxseq.data.lm import LMBatches, LMDataConfig, eval_batches, load_corpus
+from jaxseq.data.lm import EvalBatches, LMBatches, LMDataConfig, load_corpus
 from jaxseq.optim import OptimConfig, make_optimizer
 from jaxseq.tasks.lm import build_lm
 t = time.perf_counter()
 corpus = load_corpus(LMDataConfig(data=cfg["data"], tokens=cfg["tokens"]))
-valid = eval_batches(corpus.valid, seq_len=cfg["seq"], batch_size=cfg["batch"])   # held as `train lm` holds it
+valid = EvalBatches(corpus.valid, seq_len=cfg["seq"], batch_size=cfg["batch"])   # as `train lm` holds it
+sum(float(b["weights"].sum()) for b in valid)          # one pass over the held-out text, as a validation reads it
 load_seconds = time.perf_counter() - t
 batches = LMBatches(corpus.train, seq_len=cfg["seq"], batch_size=cfg["batch"], seed=0)
 t = time.perf_counter()

@@ -12,7 +12,7 @@ import pytest
 
 from jaxseq import cli
 from jaxseq.data import prepare, shards
-from jaxseq.data.lm import LMBatches, LMDataConfig, load_corpus
+from jaxseq.data.lm import EvalBatches, LMBatches, LMDataConfig, eval_batches, load_corpus
 from jaxseq.errors import DataError
 from jaxseq.tasks import lm as lm_task
 from jaxseq.workdir import Workdir
@@ -63,7 +63,7 @@ def test_shards_hold_the_in_memory_corpus_whatever_the_workers(corpus, tmp_path,
                                       valid_fraction=0.15))
     assert opened.vocab == memory.vocab and opened.sharded
     np.testing.assert_array_equal(opened.train.to_array(), memory.train)
-    np.testing.assert_array_equal(opened.valid, memory.valid)
+    np.testing.assert_array_equal(np.asarray(opened.valid, np.int32), memory.valid)
     assert one["dtype"] == "uint16" and len(one["shards"]) == -(-len(memory.train) // 500) + 1
     if tokens == "char":       # several processes: the same bytes (spawning costs seconds: once)
         prepare.prepare(str(folder), tmp_path / "two", config, prepare.PrepareConfig(workers=2, chunk_bytes=300,
@@ -91,6 +91,11 @@ def test_windows_from_shards_equal_the_in_memory_windows(prepared):
             resumed.set_state(state)
             a, b = next(resumed), next(mapped)
             assert all(np.array_equal(a[k], b[k]) for k in a)
+    # validation batches gathered from the memory-mapped held-out shard one at a time: eval_batches' batches
+    lazy, whole = EvalBatches(opened.valid, seq_len=11, batch_size=6), eval_batches(opened.valid, seq_len=11,
+                                                                                     batch_size=6)
+    assert opened.valid.dtype == np.uint16 and len(lazy) == len(whole) > 1
+    assert all(np.array_equal(a[k], b[k]) and a[k].dtype == b[k].dtype for a, b in zip(lazy, whole) for k in a)
 
 
 def _params(workdir):

@@ -22,7 +22,9 @@ would have seen (:mod:`jaxseq.data.epochs`).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Callable
 import numpy as np
 
 from jaxseq.config import Config, option, to_dict
@@ -217,6 +219,43 @@ class LMBatches(EpochBatches):
                 "weights": np.ones(window[:, 1:].shape, np.float32)}
 
 
+class EvalBatches(Sequence):
+    """:func:`eval_batches`, one batch at a time: batch ``i`` is gathered from ``ids`` (an array or the
+    memory-mapped held-out shard) when it is read, so scoring a held-out text larger than memory holds one
+    ``(B, T)`` batch. ``each`` (e.g. :func:`jaxseq.parallel.local_rows`) is applied to every batch.
+
+    Row ``r``, column ``c`` of the layout is pair ``p = r * per_row + c``: input ``ids[p]``, target
+    ``ids[p + 1]``, weight 1 for ``p < n = len(ids) - 1``, else padding (0, 0, weight 0).
+    """
+
+    def __init__(self, ids: np.ndarray, *, seq_len: int, batch_size: int,
+                 each: Callable[[Batch], Batch] | None = None):
+        self.ids, self.seq_len, self.batch_size, self.each = ids, seq_len, batch_size, each
+        self.n = len(ids) - 1
+        if self.n < 1:
+            raise DataError("the validation text has fewer than 2 tokens; lower --valid-fraction or give more text")
+        per_row = -(-self.n // batch_size)
+        self.per_row = -(-per_row // seq_len) * seq_len
+
+    def __len__(self) -> int:
+        return self.per_row // self.seq_len
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(len(self)))]
+        if not -len(self) <= i < len(self):
+            raise IndexError(f"batch {i} of {len(self)}")
+        s = (i % len(self)) * self.seq_len
+        pos = (np.arange(self.batch_size) * self.per_row)[:, None] + s + np.arange(self.seq_len)[None, :]
+        real = pos < self.n
+        at = np.minimum(pos, self.n - 1)
+        ids = self.ids
+        batch = {"inputs": np.where(real, ids[at], 0).astype(np.int32),
+                 "targets": np.where(real, ids[at + 1], 0).astype(np.int32),
+                 "weights": real.astype(np.float32)}
+        return batch if self.each is None else self.each(batch)
+
+
 def eval_batches(ids: np.ndarray, *, seq_len: int, batch_size: int) -> list[Batch]:
     """Every target of ``ids`` exactly once, as ``B`` contiguous streams.
 
@@ -224,18 +263,7 @@ def eval_batches(ids: np.ndarray, *, seq_len: int, batch_size: int) -> list[Batc
     streams of equal length (padded at the end with weight 0) and cut into
     windows; window ``i + 1`` of a row continues window ``i``, so a recurrent
     state may be carried. All batches have shape ``(B, T)``, so evaluation
-    compiles once, and the weight total is exactly ``n``.
+    compiles once, and the weight total is exactly ``n``. (:class:`EvalBatches`
+    gives the same batches one at a time.)
     """
-    ids = np.asarray(ids, dtype=np.int32)
-    n = len(ids) - 1
-    if n < 1:
-        raise DataError("the validation text has fewer than 2 tokens; lower --valid-fraction or give more text")
-    per_row = -(-n // batch_size)
-    per_row = -(-per_row // seq_len) * seq_len
-    total = per_row * batch_size
-    pad = total - n
-    inputs = np.concatenate([ids[:-1], np.zeros(pad, np.int32)]).reshape(batch_size, per_row)
-    targets = np.concatenate([ids[1:], np.zeros(pad, np.int32)]).reshape(batch_size, per_row)
-    weights = np.concatenate([np.ones(n, np.float32), np.zeros(pad, np.float32)]).reshape(batch_size, per_row)
-    return [{"inputs": inputs[:, s:s + seq_len], "targets": targets[:, s:s + seq_len],
-             "weights": weights[:, s:s + seq_len]} for s in range(0, per_row, seq_len)]
+    return list(EvalBatches(np.asarray(ids, dtype=np.int32), seq_len=seq_len, batch_size=batch_size))

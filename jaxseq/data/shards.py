@@ -186,7 +186,7 @@ class Prepared:
     index: dict
     vocab: Any                    # jaxseq.data.vocab.Vocab
     train: TokenStream
-    valid: np.ndarray             # (N_valid,) int32, read whole
+    valid: np.ndarray             # (N_valid,) the held-out shard's ids (memory-mapped, compact dtype)
 
     @property
     def fingerprint(self) -> str:
@@ -254,9 +254,10 @@ def open_prepared(path: str | os.PathLike, vocab=None, *, verify: bool | None = 
         verify = sum(s["bytes"] for s in index["shards"]) <= HASH_ON_OPEN_BYTES
     arrays = {s["file"]: _check_shard(path, s, dtype, verify) for s in index["shards"]}
     train = TokenStream([arrays[s["file"]] for s in index["shards"] if s["split"] == "train"])
-    valid = [arrays[s["file"]] for s in index["shards"] if s["split"] == "valid"]
-    valid_ids = np.concatenate([np.asarray(v, np.int32) for v in valid]) if valid else np.zeros(0, np.int32)
-    return Prepared(path=path, index=index, vocab=saved, train=train, valid=valid_ids)
+    valid = [arrays[s["file"]].view(np.ndarray) for s in index["shards"] if s["split"] == "valid"]
+    if len(valid) != 1:
+        raise DataError(f"{path / INDEX}: lists {len(valid)} validation shards, not 1; run `jaxseq prepare` again")
+    return Prepared(path=path, index=index, vocab=saved, train=train, valid=valid[0])
 
 
 def tokenization(path: str | os.PathLike) -> dict[str, Any]:

@@ -11,7 +11,7 @@ import numpy as np
 
 from jaxseq import decode, parallel, train
 from jaxseq.data import shards, text as text_lib
-from jaxseq.data.lm import LMBatches, LMCorpus, LMDataConfig, eval_batches, load_corpus, tokens_from_config
+from jaxseq.data.lm import EvalBatches, LMBatches, LMCorpus, LMDataConfig, load_corpus, tokens_from_config
 from jaxseq.data.vocab import Vocab
 from jaxseq.errors import ConfigError, DataError
 from jaxseq.manifest import array_fingerprint
@@ -87,8 +87,8 @@ class LMTask(runner.Task):
                          sampling=run.data.sampling, seed=run.train.seed, shard=shard or (0, 1))
 
     def valid_batches(self, run: Run, data: LMCorpus, shard: tuple[int, int] | None = None) -> list:
-        return [parallel.local_rows(b) for b in
-                eval_batches(data.valid, seq_len=run.data.seq_len, batch_size=run.data.batch_size)]
+        return EvalBatches(data.valid, seq_len=run.data.seq_len, batch_size=run.data.batch_size,
+                           each=parallel.local_rows)
 
     def initial_carry(self, run: Run, model) -> Any:
         """Sequential partitioning carries a recurrent model's state from batch to batch."""
@@ -125,7 +125,8 @@ class LMTask(runner.Task):
         echo(line)
         length = options.get("sample_length", 200)
         if length > 0:
-            prefix = data.valid[: min(10, len(data.valid))] if run.data.tokens == "char" else data.valid[:3]
+            prefix = np.asarray(data.valid[: min(10, len(data.valid))] if run.data.tokens == "char" else
+                                data.valid[:3], np.int32)
             sample = decode.generate(model, params, prefix[None], length, key=jax.random.PRNGKey(0),
                                      temperature=0.8)
             echo("sample: " + repr(_detokenize(run, data.vocab, np.concatenate([prefix, np.asarray(sample[0])]))))
@@ -211,7 +212,7 @@ def score_ids(loaded: runner.Loaded, ids: np.ndarray, context: str | None = None
     if loaded.params is None:
         return {**loaded.model.evaluate(ids), "eval_context": eval_context(run)}
     mesh = parallel.make_mesh(1)
-    batches = eval_batches(ids, seq_len=run.data.seq_len, batch_size=run.data.batch_size)
+    batches = EvalBatches(ids, seq_len=run.data.seq_len, batch_size=run.data.batch_size)
     carry = TASK.eval_carry(run, loaded.model)
     carry = None if carry is None else parallel.shard_tree_along_batch(carry, mesh)
     scores = train.evaluate(train.make_eval_step(loaded.model), loaded.params, batches, mesh, carry)
