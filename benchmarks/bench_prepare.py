@@ -45,7 +45,8 @@ from jaxseq.data import prepare
 from jaxseq.data.lm import LMDataConfig
 t = time.perf_counter()
 index = prepare.prepare(cfg["corpus"], cfg["out"], LMDataConfig(tokens=cfg["tokens"]),
-                        prepare.PrepareConfig(workers=cfg["workers"], chunk_bytes=cfg["chunk_bytes"]), echo=lambda s: None)
+                        prepare.PrepareConfig(workers=cfg["workers"], chunk_bytes=cfg["chunk_bytes"]),
+                        echo=lambda s: None)
 seconds = time.perf_counter() - t
 print(json.dumps({"seconds": seconds, "mb_per_s": index["source_bytes"] / 1e6 / seconds,
                   "tokens": index["tokens"]["train"] + index["tokens"]["valid"], "shards": len(index["shards"]),
@@ -85,7 +86,8 @@ train_tps = cfg["steps"] * cfg["batch"] * cfg["seq"] / (time.perf_counter() - t)
 status = dict(line.split(":", 1) for line in open("/proc/self/status").read().splitlines() if ":" in line)
 print(json.dumps({"load_seconds": load_seconds, "train_tokens": len(corpus.train), "train_tok_s": train_tps,
                   "data_tok_s": data_tps, "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-                  "anon_mb": int(status["RssAnon"].split()[0]) / 1024, "file_mb": int(status["RssFile"].split()[0]) / 1024}))
+                  "anon_mb": int(status["RssAnon"].split()[0]) / 1024,
+                  "file_mb": int(status["RssFile"].split()[0]) / 1024}))
 """
 
 
