@@ -114,7 +114,7 @@ def trained(prepared, tmp_path_factory):
     return straight, resumed
 
 
-def test_training_from_shards_resumes_exactly_on_four_devices(prepared, trained):
+def test_training_from_shards_resumes_exactly_on_four_devices(prepared, trained, capsys):
     straight, resumed = trained
     assert jax.device_count() == 4
     a, b = _params(straight), _params(resumed)
@@ -124,6 +124,12 @@ def test_training_from_shards_resumes_exactly_on_four_devices(prepared, trained)
     results = json.loads((straight / "results.json").read_text())
     assert results["step"] == 4 and np.isfinite(results["valid"]["perplexity"])
     assert (straight / "vocab.json").read_bytes() == (prepared / "vocab.json").read_bytes()
+    # evaluate scores the held-out shard again: the perplexity training reported
+    capsys.readouterr()
+    assert cli.main(["evaluate", "--workdir", straight]) == 0
+    scored = json.loads(capsys.readouterr().out.splitlines()[-1])
+    assert scored["perplexity"] == pytest.approx(results["valid"]["perplexity"], rel=1e-6)
+    assert scored["tokens"] == json.loads((prepared / "index.json").read_text())["tokens"]["valid"] - 1
 
 
 def _refused(args, capsys, *needles):
