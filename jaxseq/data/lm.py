@@ -27,6 +27,7 @@ import numpy as np
 
 from jaxseq.config import Config, option
 from jaxseq.data import text as text_lib
+from jaxseq.data import tokens as tokens_lib
 from jaxseq.data.epochs import EpochBatches, fold_rng, shard_rows
 from jaxseq.data.vocab import (RESERVED_STRINGS, UNK, Vocab, count_reserved, require_real_tokens,
                                reserved_warning)
@@ -49,7 +50,9 @@ class LMDataConfig(Config):
 
     data: str = option("builtin", "a text file, 'builtin' (the Python reference shipped with CPython) "
                        "or a registered dataset (see `jaxseq data list`)")
-    tokens: str = option("char", "token level", choices=text_lib.TOKEN_CHOICES)
+    tokens: str = option("char", "token level: characters, words, or subwords trained on the training split "
+                         "(bpe, wordpiece; byte-level, exactly reversible)", choices=tokens_lib.TOKEN_CHOICES)
+    vocab_size: int | None = option(None, tokens_lib.VOCAB_SIZE_HELP, minimum=1)
     preprocess: str = option("none", "text preprocessing", choices=text_lib.PREPROCESS_CHOICES)
     valid_fraction: float = option(0.1, "the last fraction of the token stream held out for validation",
                                    above=0.0, below=1.0)
@@ -62,6 +65,9 @@ class LMDataConfig(Config):
                                "state carried through it, the usual protocol) or window (reset every "
                                "--seq-len tokens); Transformers always read windows", choices=EVAL_CONTEXTS,
                                legacy=_saved_eval_context)
+
+    def check(self) -> None:
+        tokens_lib.check_vocab_size(self.tokens, self.vocab_size)
 
 
 @dataclass
@@ -101,6 +107,8 @@ def load_corpus(config: LMDataConfig, vocab: Vocab | None = None) -> LMCorpus:
 
     config.validate()
     text, source = corpora.load_text(config.data)
+    if tokens_lib.is_subword(config.tokens):
+        return _load_subword_corpus(config, text, source, vocab)
     tokens = tokens_from_config(config, text)
     if len(tokens) < 4:
         raise DataError(f"{source}: only {len(tokens)} tokens after preprocessing; give more text")
@@ -116,6 +124,22 @@ def load_corpus(config: LMDataConfig, vocab: Vocab | None = None) -> LMCorpus:
                             of="the training text")
     ids = vocab.encode(tokens)
     train, valid = split_stream(ids, config.valid_fraction)
+    return LMCorpus(train=train, valid=valid, vocab=vocab, source=source)
+
+
+def _load_subword_corpus(config: LMDataConfig, text: str, source: str, vocab: Vocab | None) -> LMCorpus:
+    """The subword path: the last ``valid_fraction`` of the *characters* is validation, the tokenizer is
+    trained on the rest only, and each split is encoded on its own."""
+    text = text_lib.preprocess(text, config.preprocess)
+    n_valid = int(round(len(text) * config.valid_fraction))
+    train_text, valid_text = text[: len(text) - n_valid], text[len(text) - n_valid:]
+    if vocab is None:
+        vocab = tokens_lib.build_vocab(config.tokens, [train_text], min_freq=config.min_freq,
+                                       vocab_size=config.vocab_size, reserved_tokens=(UNK,), source=source)
+    train = tokens_lib.encode(vocab, train_text, config.tokens)
+    valid = tokens_lib.encode(vocab, valid_text, config.tokens)
+    if len(train) + len(valid) < 4:
+        raise DataError(f"{source}: only {len(train) + len(valid)} tokens after preprocessing; give more text")
     return LMCorpus(train=train, valid=valid, vocab=vocab, source=source)
 
 
