@@ -14,10 +14,9 @@ from jaxseq.config import from_dict
 from jaxseq.data import tokens as tokens_lib
 from jaxseq.data import translation as tr
 from jaxseq.data.lm import LMDataConfig, load_corpus
-from jaxseq.data.subword import SubwordVocab, tokenizer_file
+from jaxseq.data.subword import SubwordVocab
 from jaxseq.data.vocab import DEFAULT_RESERVED, UNK, Vocab
 from jaxseq.errors import CheckpointError, ConfigError, DataError
-from jaxseq.manifest import Manifest
 from jaxseq.tasks import lm as lm_task
 
 TEXT = ("The Time Traveller (for so it will be convenient to speak of him) was expounding a recondite matter "
@@ -161,16 +160,12 @@ def test_bits_per_char_by_hand():
 
 # -- through the CLI -------------------------------------------------------------------------------
 
-RUN = ["--steps", "4", "--eval-every", "0", "--log-every", "2", "--no-progress"]
-
-
 def test_train_lm_bpe_then_generate_and_evaluate(tmp_path, capsys):
     text = tmp_path / "text.txt"
     text.write_text(TEXT * 3, encoding="utf-8")
     workdir = tmp_path / "lm"
-    assert cli.main(["train", "lm", "--data", str(text), "--tokens", "bpe", "--vocab-size", "320", "--model", "gru",
-                     "--hidden", "16", "--seq-len", "8", "--batch-size", "4", "--no-baseline", "--sample", "5",
-                     *RUN, "--workdir", str(workdir)]) == 0
+    assert cli.main(["train", "lm", "--data", str(text), "--tokens", "bpe", "--vocab-size", "320", "--model", "ngram",
+                     "--order", "3", "--workdir", str(workdir)]) == 0
     assert (workdir / "tokenizer.json").exists() and isinstance(Vocab.load(workdir / "vocab.json"), SubwordVocab)
     capsys.readouterr()
     assert cli.main(["generate", "--workdir", str(workdir), "--prefix", "Москва 東京", "--length", "6"]) == 0
@@ -190,15 +185,16 @@ def test_train_lm_bpe_then_generate_and_evaluate(tmp_path, capsys):
 
 def test_train_translate_bpe_joint_memorises_then_translates(tmp_path, capsys):
     pairs = [("one cat", "un chat"), ("two cats", "deux chats"), ("one dog", "un chien"),
-             ("two dogs", "deux chiens"), ("the big cat", "le gros chat"), ("the big dog", "le gros chien")]
+             ("two dogs", "deux chiens"), ("the big cat", "le gros chat"), ("the big dog", "le gros chien"),
+             ("a cat and a dog", "un chat et un chien"), ("two big dogs", "deux gros chiens")]
     path = tmp_path / "pairs.tsv"
     path.write_text("".join(f"{s}\t{t}\n" for s, t in pairs), encoding="utf-8")
     workdir = tmp_path / "tr"
     assert cli.main(["train", "translate", "--data", str(path), "--tokens", "bpe", "--vocab-size", "300",
                      "--joint-vocab", "--min-freq", "1", "--max-len", "12", "--valid-fraction", "0",
-                     "--test-fraction", "0", "--batch-size", "6", "--buckets", "none", "--embed", "16", "--hidden",
-                     "32", "--layers", "1", "--dropout", "0", "--lr", "0.02", "--steps", "150", "--eval-every", "0",
-                     "--log-every", "50", "--no-progress", "--beam", "1", "--examples", "0",
+                     "--test-fraction", "0", "--batch-size", "8", "--buckets", "none", "--embed", "16", "--hidden",
+                     "32", "--layers", "1", "--dropout", "0", "--lr", "0.03", "--steps", "60", "--eval-every", "0",
+                     "--log-every", "20", "--no-progress", "--beam", "1", "--examples", "0", "--devices", "1",
                      "--workdir", str(workdir)]) == 0
     for side in ("src", "tgt"):
         assert (workdir / f"{side}_tokenizer.json").exists()

@@ -28,9 +28,14 @@ Splits
     they are encoded; see :mod:`jaxseq.data.pair_batches`).
 
 Vocabularies
-    Separate source and target vocabularies, built from the *training* split
-    only, reserve ``<pad> <bos> <eos> <unk>`` (``<pad>`` is 0); words seen
-    fewer than ``min_freq`` times become ``<unk>``.
+    Separate source and target vocabularies (or one joint vocabulary with
+    ``joint_vocab``), built from the *training* split only through
+    :func:`jaxseq.data.tokens.build_vocab`, reserve ``<pad> <bos> <eos> <unk>``
+    (``<pad>`` is 0); words seen fewer than ``min_freq`` times become
+    ``<unk>``. With ``tokens`` ``bpe`` / ``wordpiece`` a sentence is its
+    normalised words joined by single spaces, cut into byte-level subwords
+    (never ``<unk>``); ``--max-len`` then counts subwords, and a decoded
+    translation is exactly such a sentence, so BLEU compares like with like.
 """
 
 from __future__ import annotations
@@ -106,7 +111,8 @@ class TranslationDataConfig(Config):
                               "side) stops reading, naming file and line (error), or is dropped and counted (skip); "
                               "with first-two a line of more than two fields gives its first two (with a warning) "
                               "and other malformed lines stop", choices=ON_BAD_LINE_CHOICES)
-    overflow: str = option("truncate", "pairs longer than --max-len are cut (truncate) or removed (drop)",
+    overflow: str = option("truncate", "pairs longer than --max-len are cut (truncate) or removed (drop; counted "
+                           "in words, also with subwords, since pairs are dropped before the tokenizer is trained)",
                            choices=OVERFLOW_CHOICES)
 
     def check(self) -> None:
@@ -235,7 +241,9 @@ class TranslationData:
 
     def summary(self) -> str:
         parts = [f"{self.source}: {len(self.train)} training, {len(self.valid)} validation, {len(self.test)} test "
-                 f"pairs; vocabulary {len(self.src_vocab)} source / {len(self.tgt_vocab)} target words"]
+                 f"pairs; vocabulary {len(self.src_vocab)} source / {len(self.tgt_vocab)} target "
+                 + ("words" if self.config.tokens == "word" else f"{self.config.tokens} subwords"
+                    + (" (joint)" if self.config.joint_vocab else ""))]
         if self.skipped:
             parts.append(summarize_skipped(self.skipped))
         if self.dropped:
@@ -275,7 +283,9 @@ def load_translation(config: TranslationDataConfig, *, seed: int = 0, options=No
     skipped.sort()
     if first_two:
         warn(first_two_warning(first_two, source))
-    reserved = count_reserved_in_pairs(pairs) if _RESERVED_BYTES.search(data) else collections.Counter()
+    # subwords spell a word like <eos> as ordinary subwords (never the special id): nothing to warn about
+    reserved = (count_reserved_in_pairs(pairs) if _RESERVED_BYTES.search(data) and not tokens_lib.is_subword(
+        config.tokens) else collections.Counter())
     if reserved:
         warn(reserved_warning(reserved, source))
     if not pairs:
