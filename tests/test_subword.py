@@ -44,6 +44,18 @@ def test_round_trip_is_exact_on_any_unicode(vocabs, kind, text):
 
 
 @pytest.mark.parametrize("kind", ["bpe", "wordpiece"])
+@settings(max_examples=100, deadline=None)
+@given(sentences=st.lists(st.lists(st.text(min_size=1, max_size=8).map(lambda w: "".join(w.split()) or "x"),
+                                   max_size=5), max_size=4))
+def test_sentences_encode_word_by_word_as_a_whole(vocabs, kind, sentences):
+    vocab = vocabs[kind]
+    ids, lengths = vocab.encode_sentences(sentences)
+    each = [vocab.encode_text(" ".join(s)) for s in sentences]
+    assert lengths.tolist() == [len(e) for e in each]
+    np.testing.assert_array_equal(ids, np.concatenate(each) if each else np.zeros(0, np.int32))
+
+
+@pytest.mark.parametrize("kind", ["bpe", "wordpiece"])
 def test_non_latin_text_and_reserved_spellings(vocabs, kind):
     vocab = vocabs[kind]
     for text in NON_LATIN + ["<eos> <pad> <mask> are words here", TEXT]:

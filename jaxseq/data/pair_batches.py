@@ -134,9 +134,8 @@ def _encode_side(sentences: list[list[str]], vocab: Vocab,
     """Ragged ``(ids, start, length)`` of ``x1..xm <eos>`` cut to ``max_len``, for every sentence, and each
     sentence's uncut length ``m + 1`` (``x`` are words, or the subwords of the words joined by spaces)."""
     if isinstance(vocab, SubwordVocab):
-        encoded = vocab.encode_texts([" ".join(s) for s in sentences])
-        full = np.fromiter((len(e) for e in encoded), dtype=np.int64, count=len(sentences)) + 1
-        words = np.concatenate(encoded).astype(np.int32) if encoded else np.zeros(0, np.int32)
+        words, lengths = vocab.encode_sentences(sentences)
+        full = lengths + 1
     else:
         get, unk = vocab.text_to_idx.get, vocab.unk                # words spelled like <eos> become <unk>
         full = np.fromiter((len(s) for s in sentences), dtype=np.int64, count=len(sentences)) + 1

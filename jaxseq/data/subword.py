@@ -161,6 +161,25 @@ class SubwordVocab(Vocab):
         encodings = self.hf.encode_batch(list(texts), add_special_tokens=False)
         return [self._to_id[np.asarray(e.ids, np.int64)] if e.ids else np.zeros(0, np.int32) for e in encodings]
 
+    def encode_sentences(self, sentences: Sequence[Sequence[str]]) -> tuple[np.ndarray, np.ndarray]:
+        """``(ids, lengths)``: the ids of every sentence (its words joined by single spaces) end to end,
+        and each sentence's count; equal to :meth:`encode_text` of each, only faster.
+
+        The byte-level rule never cuts across a single space before a word
+        (the space starts the word's first piece) and words hold no white
+        space, so a sentence's ids are those of its first word followed by
+        those of `` " " + word`` for each next word: each distinct word is
+        encoded once (a corpus has far fewer words than sentences).
+        """
+        firsts = {s[0] for s in sentences if len(s)}
+        keys = sorted(firsts) + sorted({" " + w for s in sentences for w in s[1:]})
+        table = dict(zip(keys, (e.ids for e in self.hf.encode_batch(keys, add_special_tokens=False))))
+        per = [[table[s[0]], *(table[" " + w] for w in s[1:])] if len(s) else [] for s in sentences]
+        lengths = np.fromiter((sum(map(len, parts)) for parts in per), dtype=np.int64, count=len(per))
+        flat = np.fromiter((i for parts in per for part in parts for i in part), dtype=np.int64,
+                           count=int(lengths.sum()))
+        return self._to_id[flat] if flat.size else np.zeros(0, np.int32), lengths
+
     def pieces(self, ids: Iterable[int]) -> list[str]:
         """The byte-level pieces of subword ids (reserved ids skipped), continuation marks removed."""
         table, hf = self._to_hf, self.idx_to_token
