@@ -19,9 +19,10 @@ from jaxseq.data.vocab import DEFAULT_RESERVED, UNK, Vocab
 from jaxseq.errors import CheckpointError, ConfigError, DataError
 from jaxseq.tasks import lm as lm_task
 
-TEXT = ("The Time Traveller (for so it will be convenient to speak of him) was expounding a recondite matter "
-        "to us.\n  His grey eyes shone and twinkled, and his usually pale face was flushed and animated.\n"
-        "Москва — столица России. 東京は日本の首都です。 القاهرة عاصمة مصر. 🚀 naïve café\t<eos> ##tag\r\n") * 6
+TEXT = ("The Time Traveller (for so it will be convenient to speak of him) was expounding a recondite "
+        "matter to us.\n  His grey eyes shone and twinkled, and his usually pale face was flushed and "
+        "animated.\nМосква — столица России. 東京は日本の首都です。 القاهرة عاصمة مصر. 🚀 naïve café"
+        "\t<eos> ##tag\r\n") * 6
 NON_LATIN = ["Москва — столица России.", "東京は日本の首都です。", "القاهرة عاصمة مصر", "Ελληνικά κείμενα",
              "हिन्दी पाठ", "emoji 🤖🧪 and ZWJ 👩‍🔬", "\x00\x01 control \u200b zero width", "  leading and trailing  \n\n"]
 EXTRA = ("<cls>", "<sep>", "<mask>")

@@ -56,7 +56,8 @@ class LMDataConfig(Config):
     preprocess: str = option("none", "text preprocessing", choices=text_lib.PREPROCESS_CHOICES)
     valid_fraction: float = option(0.1, "the last fraction of the token stream held out for validation",
                                    above=0.0, below=1.0)
-    min_freq: int = option(1, "tokens seen fewer times than this become <unk>", minimum=1)
+    min_freq: int = option(1, "tokens seen fewer times than this become <unk> (subwords: pairs seen fewer times "
+                           "are not merged)", minimum=1)
     seq_len: int = option(35, "time steps per window", minimum=1)
     batch_size: int = option(32, "windows per batch (the global batch, over all devices and hosts)", minimum=1)
     sampling: str = option("random", "how windows are dealt: random (state reset per batch) or "

@@ -34,7 +34,8 @@ from jaxseq.errors import ConfigError
 TOKEN_CHOICES = text_lib.TOKEN_CHOICES + SUBWORD_KINDS
 SUBWORD = SUBWORD_KINDS
 VOCAB_SIZE_HELP = ("subword vocabulary size, reserved tokens and the 256 bytes included (--tokens bpe/wordpiece "
-                   "only; default: 256 + max(64, distinct training words / 4), rounded up to a multiple of 64, at most 32000)")
+                   "only; default: 256 + max(64, distinct training words / 4), rounded up to a multiple of 64, "
+                   "at most 32000)")
 
 
 def is_subword(kind: str) -> bool:
