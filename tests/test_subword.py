@@ -3,6 +3,10 @@ manifests, bits per character, and `train lm` / `train translate --tokens bpe` t
 
 import json
 import math
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -74,6 +78,15 @@ def test_training_is_deterministic_and_sized(vocabs):
     again = tokens_lib.build_vocab("bpe", [TEXT], vocab_size=900, reserved_tokens=DEFAULT_RESERVED + EXTRA)
     assert again == vocabs["bpe"] and again.tokenizer_fingerprint() == vocabs["bpe"].tokenizer_fingerprint()
     assert len(again) <= 900                                            # a small text runs out of merges
+    # and in another process (Hugging Face's WordPiece trainer alone breaks ties in hash-map order)
+    code = ("import sys; from jaxseq.data import tokens as t; r = t.DEFAULT_RESERVED + ('<cls>', '<sep>', '<mask>'); "
+            "text = sys.stdin.buffer.read().decode(); "
+            "print(*(t.build_vocab(k, [text], vocab_size=900, reserved_tokens=r).tokenizer_fingerprint() "
+            "for k in ('bpe', 'wordpiece')))")
+    root = Path(__file__).resolve().parent.parent
+    out = subprocess.run([sys.executable, "-c", code], input=TEXT.encode(), capture_output=True, check=True,
+                         env={**os.environ, "PYTHONPATH": str(root)}).stdout.decode()
+    assert out.split() == [vocabs[k].tokenizer_fingerprint() for k in ("bpe", "wordpiece")]
     assert len(tokens_lib.build_vocab("bpe", [TEXT], vocab_size=400)) == 400
     assert 520 <= len(tokens_lib.build_vocab("wordpiece", [TEXT], vocab_size=600)) <= 600
     assert tokens_lib.default_vocab_size(["a b c"] * 3) == 320          # 256 + 3 // 4 -> 64-multiple

@@ -97,27 +97,52 @@ def train_subword(texts: Iterable[str], kind: str, vocab_size: int, *, min_freq:
         raise ConfigError(f"--vocab-size {vocab_size} is too small for --tokens {kind}: it must exceed {floor} "
                           f"(the {len(reserved)} reserved tokens and the byte alphabet); give a larger one")
     learned = vocab_size - len(reserved)
+    hf = tk.Tokenizer(tk.models.BPE())
     if kind == "bpe":
-        model = tk.models.BPE()
+        hf.pre_tokenizer = tk.pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
         trainer = tk.trainers.BpeTrainer(vocab_size=learned, min_frequency=min_freq, show_progress=False,
                                          initial_alphabet=alphabet, special_tokens=[])
+        hf.train_from_iterator(_chunks(texts), trainer=trainer)
     else:
-        model = tk.models.WordPiece(unk_token=UNK, continuing_subword_prefix=CONTINUE,
-                                    max_input_chars_per_word=_MAX_WORD)
-        trainer = tk.trainers.WordPieceTrainer(vocab_size=learned - len(alphabet) - 1, min_frequency=min_freq,
-                                               show_progress=False, initial_alphabet=alphabet, special_tokens=[],
-                                               continuing_subword_prefix=CONTINUE)
-    hf = tk.Tokenizer(model)
+        pieces = _train_wordpiece(tk, texts, learned - 1, min_freq, alphabet)
+        hf = tk.Tokenizer(tk.models.WordPiece({t: i for i, t in enumerate(pieces + [UNK])}, unk_token=UNK,
+                                              continuing_subword_prefix=CONTINUE, max_input_chars_per_word=_MAX_WORD))
     hf.pre_tokenizer = tk.pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
     hf.decoder = tk.decoders.ByteLevel()
-    hf.train_from_iterator(_chunks(texts), trainer=trainer)
-    if kind == "wordpiece":                 # every byte may start or continue a word; <unk> as the model needs
-        vocab = hf.get_vocab()
-        ordered = sorted(vocab, key=vocab.__getitem__)
-        ordered += [t for t in [UNK] + alphabet + [CONTINUE + c for c in alphabet] if t not in vocab]
-        hf.model = tk.models.WordPiece({t: i for i, t in enumerate(ordered)}, unk_token=UNK,
-                                       continuing_subword_prefix=CONTINUE, max_input_chars_per_word=_MAX_WORD)
     return SubwordVocab(reserved, hf)
+
+
+def _train_wordpiece(tk, texts: Iterable[str], size: int, min_freq: int, alphabet: list[str]) -> list[str]:
+    """WordPiece's vocabulary as Hugging Face's ``WordPieceTrainer`` learns it (BPE merges where a
+    symbol inside a word is a continuation), but deterministic.
+
+    That trainer numbers the continuation symbols in hash-map order, which
+    breaks ties between equally frequent merges differently in every process.
+    Here each byte symbol inside a word is spelled with its own private-use
+    character (``U+F0000 + i``), so plain BPE (whose alphabet is sorted) learns
+    the same kind of merges in a fixed order; the pieces are then spelled back
+    (a piece inside a word gets :data:`CONTINUE`). Every byte is kept in both forms.
+    """
+    inner = {c: chr(0xF0000 + i) for i, c in enumerate(alphabet)}
+    back = {v: k for k, v in inner.items()}
+    pre = tk.pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+
+    def marked() -> Iterable[str]:
+        for line in _chunks(texts):
+            yield " ".join(w[0] + "".join(inner[c] for c in w[1:]) for w, _ in pre.pre_tokenize_str(line) if w)
+
+    bpe = tk.Tokenizer(tk.models.BPE())
+    bpe.pre_tokenizer = tk.pre_tokenizers.WhitespaceSplit()
+    trainer = tk.trainers.BpeTrainer(vocab_size=size, min_frequency=min_freq, show_progress=False,
+                                     initial_alphabet=alphabet + list(inner.values()), special_tokens=[])
+    bpe.train_from_iterator(marked(), trainer=trainer)
+    vocab = bpe.get_vocab()
+
+    def spelled(piece: str) -> str:
+        head = CONTINUE + back[piece[0]] if piece[0] in back else piece[0]
+        return head + "".join(back[c] for c in piece[1:])
+
+    return [spelled(t) for t in sorted(vocab, key=vocab.__getitem__)]
 
 
 class SubwordVocab(Vocab):
@@ -153,13 +178,6 @@ class SubwordVocab(Vocab):
         encodings = self.hf.encode_batch(lines, add_special_tokens=False)
         hf_ids = np.fromiter((i for e in encodings for i in e.ids), dtype=np.int64)
         return self._to_id[hf_ids] if hf_ids.size else np.zeros(0, np.int32)
-
-    def encode_texts(self, texts: Sequence[str]) -> list[np.ndarray]:
-        """:meth:`encode_text` of each of ``texts`` (sentences without newlines: one batch call)."""
-        if any("\n" in t or "\r" in t for t in texts):
-            return [self.encode_text(t) for t in texts]
-        encodings = self.hf.encode_batch(list(texts), add_special_tokens=False)
-        return [self._to_id[np.asarray(e.ids, np.int64)] if e.ids else np.zeros(0, np.int32) for e in encodings]
 
     def encode_sentences(self, sentences: Sequence[Sequence[str]]) -> tuple[np.ndarray, np.ndarray]:
         """``(ids, lengths)``: the ids of every sentence (its words joined by single spaces) end to end,
