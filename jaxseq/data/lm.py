@@ -54,7 +54,8 @@ class LMDataConfig(Config):
                          "(bpe, wordpiece; byte-level, exactly reversible)", choices=tokens_lib.TOKEN_CHOICES)
     vocab_size: int | None = option(None, tokens_lib.VOCAB_SIZE_HELP, minimum=1)
     preprocess: str = option("none", "text preprocessing", choices=text_lib.PREPROCESS_CHOICES)
-    valid_fraction: float = option(0.1, "the last fraction of the token stream held out for validation",
+    valid_fraction: float = option(0.1, "the last fraction of the token stream held out for validation (subwords: "
+                                   "of the characters, cut before the tokenizer is trained)",
                                    above=0.0, below=1.0)
     min_freq: int = option(1, "tokens seen fewer times than this become <unk> (subwords: pairs seen fewer times "
                            "are not merged)", minimum=1)

@@ -28,7 +28,7 @@ import numpy as np
 
 from jaxseq.data import text as text_lib
 from jaxseq.data.subword import SUBWORD_KINDS, SubwordVocab, train_subword
-from jaxseq.data.vocab import DEFAULT_RESERVED, RESERVED_STRINGS, Vocab, require_real_tokens
+from jaxseq.data.vocab import DEFAULT_RESERVED, Vocab, require_real_tokens
 from jaxseq.errors import ConfigError
 
 TOKEN_CHOICES = text_lib.TOKEN_CHOICES + SUBWORD_KINDS
@@ -83,13 +83,6 @@ def build_vocab(kind: str, texts: Sequence[str], *, min_freq: int = 1, vocab_siz
     return vocab
 
 
-def split(text: str, kind: str) -> list[str]:
-    """The char/word tokens of ``text`` (subword kinds cut text only through their vocabulary)."""
-    if kind in SUBWORD_KINDS:
-        raise ConfigError(f"--tokens {kind} cuts text through its trained vocabulary; use tokens.encode")
-    return text_lib.tokenize(text, kind)
-
-
 def encode(vocab: Vocab, text: str, kind: str) -> np.ndarray:
     """``int32`` ids of ``text``: through the subword tokenizer, or char/word tokens looked up
     (unknown ones, and words spelled like a reserved token, become ``<unk>``)."""
@@ -114,7 +107,3 @@ def decode(vocab: Vocab, ids: Iterable[int], kind: str) -> str:
         return vocab.decode_text(ids)
     return text_lib.detokenize(vocab.decode(ids), "char" if kind == "char" else "word")
 
-
-def reserved_in_text(text: str) -> bool:
-    """Whether ``text`` spells a reserved token (a cheap test before counting them)."""
-    return any(r in text for r in RESERVED_STRINGS)
