@@ -226,8 +226,10 @@ def test_train_translate_bpe_joint_memorises_then_translates(tmp_path, capsys):
         assert (workdir / f"{side}_tokenizer.json").exists()
     assert Vocab.load(workdir / "src_vocab.json") == Vocab.load(workdir / "tgt_vocab.json")
     capsys.readouterr()
-    assert cli.main(["translate", "--workdir", str(workdir), "the big dog", "two cats"]) == 0
-    assert capsys.readouterr().out.strip().splitlines()[-2:] == ["le gros chien", "deux chats"]
+    sources = tmp_path / "sources.txt"          # all 8: the batch shape evaluate decodes (compiled once)
+    sources.write_text("".join(f"{src}\n" for src, _ in pairs), encoding="utf-8")
+    assert cli.main(["translate", "--workdir", str(workdir), "--input", str(sources)]) == 0
+    assert capsys.readouterr().out.strip().splitlines()[-len(pairs):] == [tgt for _, tgt in pairs]
     assert cli.main(["evaluate", "--workdir", str(workdir), "--data", str(path)]) == 0
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert result["exact"] == 1.0 and result["bleu"] == pytest.approx(100.0)
