@@ -29,6 +29,7 @@ import numpy as np
 
 from jaxseq.config import Config, option, to_dict
 from jaxseq.data import text as text_lib
+from jaxseq.data import tokens as tokens_lib
 from jaxseq.data.epochs import EpochBatches, fold_rng, shard_rows
 from jaxseq.data.shards import TokenStream, is_prepared, take_windows
 from jaxseq.data.vocab import (RESERVED_STRINGS, UNK, Vocab, count_reserved, require_real_tokens,
@@ -53,11 +54,15 @@ class LMDataConfig(Config):
     data: str = option("builtin", "a text file, 'builtin' (the Python reference shipped with CPython), "
                        "a registered dataset (see `jaxseq data list`) or a directory of token shards written by "
                        "`jaxseq prepare` (read by memory map; its tokenization settings are the run's)")
-    tokens: str = option("char", "token level", choices=text_lib.TOKEN_CHOICES)
+    tokens: str = option("char", "token level: characters, words, or subwords trained on the training split "
+                         "(bpe, wordpiece; byte-level, exactly reversible)", choices=tokens_lib.TOKEN_CHOICES)
+    vocab_size: int | None = option(None, tokens_lib.VOCAB_SIZE_HELP, minimum=1)
     preprocess: str = option("none", "text preprocessing", choices=text_lib.PREPROCESS_CHOICES)
-    valid_fraction: float = option(0.1, "the last fraction of the token stream held out for validation",
+    valid_fraction: float = option(0.1, "the last fraction of the token stream held out for validation (subwords: "
+                                   "of the characters, cut before the tokenizer is trained)",
                                    above=0.0, below=1.0)
-    min_freq: int = option(1, "tokens seen fewer times than this become <unk>", minimum=1)
+    min_freq: int = option(1, "tokens seen fewer times than this become <unk> (subwords: pairs seen fewer times "
+                           "are not merged)", minimum=1)
     seq_len: int = option(35, "time steps per window", minimum=1)
     batch_size: int = option(32, "windows per batch (the global batch, over all devices and hosts)", minimum=1)
     sampling: str = option("random", "how windows are dealt: random (state reset per batch) or "
@@ -66,6 +71,9 @@ class LMDataConfig(Config):
                                "state carried through it, the usual protocol) or window (reset every "
                                "--seq-len tokens); Transformers always read windows", choices=EVAL_CONTEXTS,
                                legacy=_saved_eval_context)
+
+    def check(self) -> None:
+        tokens_lib.check_vocab_size(self.tokens, self.vocab_size)
 
 
 @dataclass
@@ -117,6 +125,8 @@ def load_corpus(config: LMDataConfig, vocab: Vocab | None = None) -> LMCorpus:
     if is_prepared(config.data):
         return load_shards(config, vocab)
     text, source = corpora.load_text(config.data)
+    if tokens_lib.is_subword(config.tokens):
+        return _load_subword_corpus(config, text, source, vocab)
     tokens = tokens_from_config(config, text)
     if len(tokens) < 4:
         raise DataError(f"{source}: only {len(tokens)} tokens after preprocessing; give more text")
@@ -150,6 +160,20 @@ def load_shards(config: LMDataConfig, vocab: Vocab | None = None) -> LMCorpus:
     opened = shards.open_prepared(config.data, vocab)
     return LMCorpus(train=opened.train, valid=opened.valid, vocab=opened.vocab, source=str(config.data),
                     fingerprint=opened.fingerprint)
+def _load_subword_corpus(config: LMDataConfig, text: str, source: str, vocab: Vocab | None) -> LMCorpus:
+    """The subword path: the last ``valid_fraction`` of the *characters* is validation, the tokenizer is
+    trained on the rest only, and each split is encoded on its own."""
+    text = text_lib.preprocess(text, config.preprocess)
+    n_valid = int(round(len(text) * config.valid_fraction))
+    train_text, valid_text = text[: len(text) - n_valid], text[len(text) - n_valid:]
+    if vocab is None:
+        vocab = tokens_lib.build_vocab(config.tokens, [train_text], min_freq=config.min_freq,
+                                       vocab_size=config.vocab_size, reserved_tokens=(UNK,), source=source)
+    train = tokens_lib.encode(vocab, train_text, config.tokens)
+    valid = tokens_lib.encode(vocab, valid_text, config.tokens)
+    if len(train) + len(valid) < 4:
+        raise DataError(f"{source}: only {len(train) + len(valid)} tokens after preprocessing; give more text")
+    return LMCorpus(train=train, valid=valid, vocab=vocab, source=source)
 
 
 class LMBatches(EpochBatches):

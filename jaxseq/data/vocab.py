@@ -126,6 +126,11 @@ class Vocab:
         data = json.dumps(self.idx_to_token, ensure_ascii=False).encode("utf-8")
         return hashlib.sha256(data).hexdigest()
 
+    def fingerprints(self, name: str) -> dict[str, str]:
+        """What a checkpoint's manifest records of this vocabulary saved as ``name`` (a subword
+        vocabulary adds its tokenizer's fingerprint)."""
+        return {name: self.fingerprint()}
+
     def to_json(self) -> dict:
         return {"tokens": self.idx_to_token, "fingerprint": self.fingerprint()}
 
@@ -134,14 +139,19 @@ class Vocab:
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "Vocab":
+        """A saved vocabulary; one saved with a subword tokenizer (``"subword"`` in its JSON) comes back as a
+        :class:`~jaxseq.data.subword.SubwordVocab` with the tokenizer file beside it."""
         from jaxseq.data.text import read_text
         try:
             data = json.loads(read_text(path))
-            vocab = cls(data["tokens"])
+            vocab = Vocab(data["tokens"])
         except (json.JSONDecodeError, KeyError, TypeError) as err:
             raise DataError(f"{path}: not a jaxseq vocabulary file ({err})") from None
         if "fingerprint" in data and data["fingerprint"] != vocab.fingerprint():
             raise DataError(f"{path}: fingerprint does not match its tokens; the file was edited or damaged")
+        if "subword" in data:
+            from jaxseq.data.subword import SubwordVocab
+            return SubwordVocab.from_saved(path, data)
         return vocab
 
 

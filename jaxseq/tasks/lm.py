@@ -11,7 +11,8 @@ import numpy as np
 
 from jaxseq import decode, parallel, train
 from jaxseq.data import shards, text as text_lib
-from jaxseq.data.lm import EvalBatches, LMBatches, LMCorpus, LMDataConfig, load_corpus, tokens_from_config
+from jaxseq.data import tokens as tokens_lib
+from jaxseq.data.lm import EvalBatches, LMBatches, LMCorpus, LMDataConfig, load_corpus
 from jaxseq.data.vocab import Vocab
 from jaxseq.errors import ConfigError, DataError
 from jaxseq.manifest import array_fingerprint
@@ -125,7 +126,7 @@ class LMTask(runner.Task):
         echo(line)
         length = options.get("sample_length", 200)
         if length > 0:
-            prefix = np.asarray(data.valid[: min(10, len(data.valid))] if run.data.tokens == "char" else
+            prefix = np.asarray(data.valid[: min(10, len(data.valid))] if run.data.tokens != "word" else
                                 data.valid[:3], np.int32)
             sample = decode.generate(model, params, prefix[None], length, key=jax.random.PRNGKey(0),
                                      temperature=0.8)
@@ -159,13 +160,13 @@ def eval_context(run: Run) -> str:
 
 
 def _detokenize(run: Run, vocab: Vocab, ids) -> str:
-    return text_lib.detokenize(vocab.decode(ids), run.data.tokens)
+    return tokens_lib.decode(vocab, ids, run.data.tokens)
 
 
 def encode_text(run: Run, vocab: Vocab, text: str, what: str) -> np.ndarray:
-    tokens = tokens_from_config(run.data, text)
-    runner.warn_unknown(what, vocab.unknown(tokens))
-    return vocab.encode(tokens)
+    text = text_lib.preprocess(text, run.data.preprocess)
+    runner.warn_unknown(what, tokens_lib.unknown(vocab, text, run.data.tokens))
+    return tokens_lib.encode(vocab, text, run.data.tokens)
 
 
 # -- the jobs ----------------------------------------------------------------------------------
@@ -239,7 +240,26 @@ def evaluate_lm(workdir: WorkdirLike, data: str | None = None, *, allow_data_cha
         ids, source = encode_text(run, vocab, text_lib.read_text(data), data), data
     if len(ids) < 2:
         raise DataError(f"{source}: fewer than 2 tokens to score")
-    return {"data": source, **score_ids(runner.load(workdir, TASK, data_fingerprint=fingerprint), ids, context)}
+    scores = score_ids(runner.load(workdir, TASK, data_fingerprint=fingerprint), ids, context)
+    return {"data": source, **scores, **per_char(run, vocab, ids, scores)}
+
+
+def per_char(run: Run, vocab: Vocab, ids: np.ndarray, scores: dict) -> dict:
+    """``{"chars", "bits_per_char"}``: the scored text's total NLL in bits over its characters.
+
+    Perplexity per token is not comparable across tokenizations (a subword
+    token spells several characters); bits per character is:
+    ``bpc = nll * tokens / (chars * ln 2)``, where ``nll`` is the mean NLL in
+    nats of the ``tokens`` scored targets ``ids[1:]`` and ``chars`` is the
+    number of characters they spell, ``len(text(ids)) - len(text(ids[:1]))``
+    (the first token is context, never scored). With ``--tokens char`` this
+    is ``nll / ln 2``; with ``word`` the text is the words joined by single spaces.
+    """
+    chars = len(tokens_lib.decode(vocab, ids, run.data.tokens)) - len(tokens_lib.decode(vocab, ids[:1],
+                                                                                          run.data.tokens))
+    if chars < 1:
+        return {"chars": chars}
+    return {"chars": chars, "bits_per_char": float(scores["nll"]) * int(scores["tokens"]) / (chars * np.log(2))}
 
 
 def sample_text(loaded: runner.Loaded, prefix: str, length: int, *, seed: int = 0, temperature: float = 1.0,
