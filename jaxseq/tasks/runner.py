@@ -229,6 +229,13 @@ class Task(abc.ABC):
         raise ConfigError(f"the {self.name} task has no count-based models")
 
 
+def check_tensor(run: Run) -> None:
+    """Refuse a ``--tensor`` the model cannot split (:func:`jaxseq.parallel.check_tensor`)."""
+    spec = run.spec
+    sizes = spec.tensor_sizes(run) if spec.tensor_sizes is not None else None
+    parallel.check_tensor(run.parallel.tensor, sizes, spec.name)
+
+
 # -- manifests -----------------------------------------------------------------------------
 
 def manifest(run: Run, vocabs: dict[str, Vocab], params: Any, data: str | None) -> Manifest:
@@ -304,6 +311,7 @@ def _train_neural(task: Task, run: Run, data: Any, vocabs: dict[str, Vocab], wor
                   fallback: bool, allow_data_change: bool, echo: Echo, options: dict,
                   restored: Callable[[], None] | None = None) -> dict:
     spec = run.spec
+    check_tensor(run)
     mesh = parallel.mesh_from_config(run.parallel)
     parallel.check_batch_size(run.data.batch_size, mesh)
     model = spec.build(run, task.vocab_sizes(vocabs))
@@ -318,7 +326,8 @@ def _train_neural(task: Task, run: Run, data: Any, vocabs: dict[str, Vocab], wor
     expected = manifest(run, vocabs, state.params, None if allow_data_change else fingerprint)
     before = task.before_training(run, data, options, echo)
 
-    checkpointer = Checkpointer(workdir.checkpoints, keep=run.train.keep, keep_best=run.train.keep_best)
+    checkpointer = Checkpointer(workdir.checkpoints, keep=run.train.keep, keep_best=run.train.keep_best,
+                                async_save=run.train.async_checkpoint)
     metrics_log = trainer.MetricsLog(workdir.metrics, jax.process_index() == 0, events=workdir.file("tensorboard"))
     sizes = task.vocab_sizes(vocabs)
     step_flops = (lambda shapes: spec.flops(run, sizes, shapes)) if spec.flops else None
