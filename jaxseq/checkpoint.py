@@ -171,6 +171,7 @@ class Checkpointer:
         self.manager = self.best = None
         self.last_blocked_s = 0.0             # seconds the last save() kept its caller waiting
         self._pending: threading.Thread | None = None
+        self._pending_step: int | None = None
         self._pending_error: BaseException | None = None
         if read_only:
             self._reader = ocp.Checkpointer(ocp.CompositeCheckpointHandler())
@@ -207,8 +208,12 @@ class Checkpointer:
                     shutil.rmtree(child, ignore_errors=True)
 
     def steps(self) -> list[int]:
-        """jaxseq's checkpoints, ascending; a reader lists only complete ones."""
-        return checkpoint_steps(self.directory, complete_only=self.read_only)
+        """jaxseq's checkpoints, ascending; a reader lists only complete ones, a writer also the step
+        its background save is writing."""
+        steps = checkpoint_steps(self.directory, complete_only=self.read_only)
+        if self._pending_step is not None and self._pending_step not in steps:
+            steps = sorted(steps + [self._pending_step])
+        return steps
 
     def latest_step(self) -> int | None:
         steps = self.steps()
@@ -250,7 +255,7 @@ class Checkpointer:
                 manager.save(step, args=args, force=True)
             except Exception as err:
                 self._failed(err, manager, root, step, before, None)
-            self._pending_error = None
+            self._pending_error, self._pending_step = None, step
             self._pending = threading.Thread(target=self._finish_in_background,
                                              args=(manager, root, step, keep, before),
                                              name=f"jaxseq-checkpoint-{step}", daemon=True)
@@ -304,7 +309,7 @@ class Checkpointer:
         if self._pending is None:
             return
         self._pending.join()
-        self._pending, error = None, self._pending_error
+        self._pending, self._pending_step, error = None, None, self._pending_error
         self._pending_error = None
         if error is not None:
             raise error

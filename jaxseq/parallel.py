@@ -60,7 +60,7 @@ LOGICAL_AXES: tuple[tuple[str, tuple[str | None, ...]], ...] = (
     (r"(^|/)ffn/dense1/kernel$", ("embed", "mlp")),                  # column split
     (r"(^|/)ffn/dense1/bias$", ("mlp",)),
     (r"(^|/)ffn/dense2/kernel$", ("mlp", "embed")),                  # row split
-    (r"(^|/)embedder/embed/embedding$", ("vocab", "embed")),
+    (r"embedder/embed/embedding$", ("vocab", "embed")),             # (src_, tgt_)embedder
     (r"^out/kernel$", ("embed", "vocab")),                           # a Transformer's output layer
     (r"^out/bias$", ("vocab",)),
 )

@@ -90,3 +90,28 @@ def test_kill_9_during_an_async_save_then_resume_on_another_mesh(tmp_path):
     assert steps == list(range(1, 13))                   # records after the resumed step were dropped, then redone
     for a, b in zip(jax.tree_util.tree_leaves(_params(killed)), jax.tree_util.tree_leaves(_params(full))):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_async_checkpointer_finishes_marks_and_prunes_in_the_background(tmp_path):
+    import jax.numpy as jnp
+    from jaxseq.checkpoint import Checkpointer, is_complete
+    from jaxseq.manifest import Manifest, tree_signature
+    state = {"w": jnp.arange(4.0)}
+    manifest = Manifest(task="lm", model={}, vocab={}, params=tree_signature(state))
+    ckpt = Checkpointer(tmp_path, keep=2, async_save=True)
+    try:
+        for step in (1, 2, 3):
+            ckpt.save(step, {"w": state["w"] + step}, {"position": step}, manifest.to_dict())
+            assert step in ckpt.steps() and ckpt.last_blocked_s >= 0    # the pending step counts as saved
+        ckpt.wait()
+        assert ckpt.steps() == [2, 3] and all(is_complete(tmp_path / str(s)) for s in (2, 3))
+    finally:
+        ckpt.close()
+    abstract = {"w": jax.ShapeDtypeStruct((4,), jnp.float32)}
+    reader = Checkpointer(tmp_path, read_only=True)
+    try:
+        restored, data, step = reader.restore(abstract, manifest)
+    finally:
+        reader.close()
+    assert step == 3 and data == {"position": 3}
+    np.testing.assert_array_equal(restored["w"], np.arange(4.0) + 3)

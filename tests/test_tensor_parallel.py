@@ -123,6 +123,29 @@ def test_logical_rules():
     assert parallel.param_spec((104, 256), 4) == P(None, "fsdp")
 
 
+def test_translation_transformer_is_split_megatron_style():
+    """Encoder self-attention, decoder self- and cross-attention and every FFN get their tensor axes."""
+    from jaxseq.models.seq2seq import TransformerEncoderDecoder
+    model = TransformerEncoderDecoder(src_vocab_size=9, tgt_vocab_size=12, max_len=8, d_model=16, num_heads=4,
+                                      num_layers=1, ffn=32)
+    batch = {"src": np.zeros((2, 8), np.int32), "src_len": np.full((2,), 8, np.int32),
+             "tgt_in": np.zeros((2, 8), np.int32), "tgt_out": np.zeros((2, 8), np.int32),
+             "weights": np.ones((2, 8), np.float32)}
+    params = jax.eval_shape(lambda: train.init_params(model, batch, 0))
+    sizes = {"data": 1, "fsdp": 1, "tensor": 2}
+    specs = {parallel._key_path(path): parallel.state_spec(leaf.shape, parallel.logical_axes(
+        parallel._key_path(path), leaf.ndim), sizes) for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]}
+    for attention in ("encoder/block_0/attention", "decoder/block_0/self_attention", "decoder/block_0/cross_attention"):
+        for name in ("query", "key", "value"):
+            assert specs[f"{attention}/{name}/kernel"] == P(None, "tensor")
+        assert specs[f"{attention}/out/kernel"] == P("tensor")
+    for stack in ("encoder", "decoder"):
+        assert specs[f"{stack}/block_0/ffn/dense1/kernel"] == P(None, "tensor")
+        assert specs[f"{stack}/block_0/ffn/dense2/kernel"] == P("tensor")
+    assert specs["out/kernel"] == P(None, "tensor") and specs["src_embedder/embed/embedding"] == P()   # 2 does not divide 9
+    assert specs["tgt_embedder/embed/embedding"] == P("tensor")
+
+
 def test_bad_tensor_flags_are_one_line():
     run = lm_task.resolve(data="x.txt", model="transformer", heads=4, ffn=512, tensor=3)
     with pytest.raises(ConfigError, match=r"^--tensor 3 does not divide --heads 4 and --ffn 512; "):

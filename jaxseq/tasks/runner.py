@@ -287,6 +287,7 @@ def train(task: Task, run: Run, workdir: WorkdirLike, *, resume: bool = False, r
         config = workdir.plan(run.to_dict(), resume=resume, restart=restart, given=given, sections=task.sections)
         run = task.run_from_dict(config, str(workdir.config_path))
         run.validate()
+        check_tensor(run)
         vocabs = _saved_vocabs(task, workdir) if resume else None
         data = task.load_data(run, vocabs)            # refuses bad data before anything is written
         echo(f"data: {task.describe_data(data)}")
@@ -311,7 +312,6 @@ def _train_neural(task: Task, run: Run, data: Any, vocabs: dict[str, Vocab], wor
                   fallback: bool, allow_data_change: bool, echo: Echo, options: dict,
                   restored: Callable[[], None] | None = None) -> dict:
     spec = run.spec
-    check_tensor(run)
     mesh = parallel.mesh_from_config(run.parallel)
     parallel.check_batch_size(run.data.batch_size, mesh)
     model = spec.build(run, task.vocab_sizes(vocabs))
