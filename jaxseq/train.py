@@ -414,8 +414,10 @@ class _Periodic:
             return
         self.flush(step)
         self.checkpointer.save(step, state, self.batches.get_state(), dict(self.manifest or {}, step=step))
+        # how long the loop waited for this save (with --async-checkpoint: the copy off the devices, and the
+        # previous save if still being written)
         record = {"step": step, "split": "checkpoint", "checkpoint_blocked_s": self.checkpointer.last_blocked_s,
-                  "async": self.checkpointer.async_save, "wall_time": time.perf_counter() - self.t0}
+                  "wall_time": time.perf_counter() - self.t0}
         self.metrics_log.write(record)
 
 

