@@ -141,6 +141,9 @@ def make_mesh(num_devices: int | None = None, fsdp: int = 1, tensor: int = 1) ->
     if num_devices % (fsdp * tensor):
         what = f"--fsdp {fsdp} x --tensor {tensor}" if tensor > 1 else f"--fsdp {fsdp}"
         raise ConfigError(f"{what} does not divide the {num_devices} devices")
+    if jax.process_count() > 1 and jax.local_device_count() % tensor:
+        raise ConfigError(f"--tensor {tensor} must divide the {jax.local_device_count()} devices of one host "
+                          "(a tensor group stays on one host; each host feeds its own rows)")
     grid = np.array(devices[:num_devices]).reshape(num_devices // (fsdp * tensor), fsdp, tensor)
     return Mesh(grid, MESH_AXES)
 
