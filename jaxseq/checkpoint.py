@@ -57,6 +57,7 @@ reason and the last complete checkpoint.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import sys
@@ -147,6 +148,34 @@ class _held_stderr:
                 os.write(2, held)
         self._file.close()
         return False
+
+
+class _held_orbax_errors(logging.Filter):
+    """Hold the error records (with tracebacks) Orbax logs through absl while a background save runs.
+
+    A background save cannot hold file descriptor 2 (:class:`_held_stderr`) without holding the training
+    loop's own output; Orbax's threads report a failed write through the ``absl`` logger, so that is
+    held instead: dropped when the failure becomes one CheckpointError line, passed on otherwise.
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.held: list[logging.LogRecord] = []
+        self.logger = logging.getLogger("absl")
+        self.logger.addFilter(self)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno >= logging.ERROR:
+            self.held.append(record)
+            return False
+        return True
+
+    def close(self, keep: bool) -> None:
+        self.logger.removeFilter(self)
+        if keep:
+            for record in self.held:
+                self.logger.handle(record)
+        self.held = []
 
 
 class Checkpointer:
@@ -251,13 +280,15 @@ class Checkpointer:
             raise CheckpointError(f"{step_dir}: already exists{foreign}; move it out of the way and resume")
         before = {p.name for p in root.iterdir()} if root.is_dir() else set()
         if background:
+            logs = _held_orbax_errors()
             try:
                 manager.save(step, args=args, force=True)
             except Exception as err:
+                logs.close(keep=os_error_reason(err) is None)
                 self._failed(err, manager, root, step, before, None)
             self._pending_error, self._pending_step = None, step
             self._pending = threading.Thread(target=self._finish_in_background,
-                                             args=(manager, root, step, keep, before),
+                                             args=(manager, root, step, keep, before, logs),
                                              name=f"jaxseq-checkpoint-{step}", daemon=True)
             self._pending.start()
             return
@@ -293,7 +324,8 @@ class Checkpointer:
             held.discard()
         raise CheckpointError(f"{root / str(step)}: {reason}; {self._last_complete()}") from None
 
-    def _finish_in_background(self, manager, root: Path, step: int, keep: int, before: set[str]) -> None:
+    def _finish_in_background(self, manager, root: Path, step: int, keep: int, before: set[str],
+                              logs: _held_orbax_errors) -> None:
         try:
             try:
                 self._commit(manager, root / str(step))
@@ -303,6 +335,8 @@ class Checkpointer:
             manager.reload()
         except BaseException as err:       # raised in the caller's thread by _join
             self._pending_error = err
+        finally:
+            logs.close(keep=not isinstance(self._pending_error, CheckpointError))
 
     def _join(self) -> None:
         """Finish the pending background save (if any); raise its error."""
@@ -312,6 +346,13 @@ class Checkpointer:
         self._pending, self._pending_step, error = None, None, self._pending_error
         self._pending_error = None
         if error is not None:
+            logs = _held_orbax_errors()
+            try:        # Orbax raises a failed save once per thread that waits: this thread's, reported below
+                self.manager.wait_until_finished()
+            except Exception:
+                pass
+            finally:
+                logs.close(keep=not isinstance(error, CheckpointError))
             raise error
 
     @staticmethod

@@ -115,3 +115,40 @@ def test_async_checkpointer_finishes_marks_and_prunes_in_the_background(tmp_path
         reader.close()
     assert step == 3 and data == {"position": 3}
     np.testing.assert_array_equal(restored["w"], np.arange(4.0) + 3)
+
+
+FULL_DISK = """
+import resource, signal, sys
+import jax.numpy as jnp, numpy as np
+from jaxseq.checkpoint import Checkpointer
+from jaxseq.errors import JaxseqError
+manifest = {"task": "lm", "model": {}, "vocab": "abc", "params": {}, "data": "d"}
+ckpt = Checkpointer(sys.argv[1], keep=3, async_save=True)
+for step in (1, 2):
+    ckpt.save(step, {"w": jnp.full((4,), step, jnp.float32)}, {"position": step}, manifest)
+ckpt.wait()
+# from here on no file may grow past 64 KiB: writes fail with EFBIG, as they would with ENOSPC
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+resource.setrlimit(resource.RLIMIT_FSIZE, (65536, 65536))
+ckpt.save(3, {"w": jnp.asarray(np.random.default_rng(0).standard_normal(200000).astype(np.float32))},
+          {"position": 3}, manifest)
+print("RETURNED")                      # the loop went on; the failure comes with the next wait
+try:
+    ckpt.wait()
+except JaxseqError as err:
+    print("SAVE", type(err).__name__, err)
+ckpt.close()
+"""
+
+
+def test_a_full_disk_during_a_background_save_is_one_line(tmp_path):
+    directory = tmp_path / "checkpoints"
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parent.parent))
+    proc = subprocess.run([sys.executable, "-c", FULL_DISK, str(directory)], env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.splitlines() == ["RETURNED", f"SAVE CheckpointError {directory / '3'}: File too large; the "
+                                        "last complete checkpoint is step 2; free some space and continue with "
+                                        "--resume"]
+    assert proc.stderr == ""                                   # Orbax's thread tracebacks were held back
+    assert sorted(p.name for p in directory.iterdir()) == ["1", "2"]             # nothing partial
