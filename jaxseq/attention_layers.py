@@ -15,6 +15,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from jaxseq import parallel
 from jaxseq.attention import causal_mask, masked_softmax, additive_scores, attention_pool, dot_product_attention, causal_attention
 
 Array = jax.Array
@@ -119,7 +120,8 @@ class MultiHeadAttention(nn.Module):
     def _heads(self, x: Array) -> Array:
         """``(B, T, D)`` -> ``(B, H, T, dh)``."""
         b, t, _ = x.shape
-        return x.reshape(b, t, self.num_heads, self.head_dim).transpose(0, 2, 1, 3)
+        heads = x.reshape(b, t, self.num_heads, self.head_dim).transpose(0, 2, 1, 3)
+        return parallel.constrain(heads, ("batch", "heads", None, None))      # tensor parallelism: by heads
 
     def _merge(self, x: Array) -> Array:
         """``(B, H, T, dh)`` -> ``(B, T, D)`` through the output projection."""
@@ -129,7 +131,8 @@ class MultiHeadAttention(nn.Module):
     def _self_projections(self, x: Array) -> tuple[Array, Array, Array]:
         """``Q, K, V`` ``(B, H, T, dh)`` of ``x`` ``(B, T, Dq)``, in ONE matmul: the three kernels
         side by side, ``(Dq, 3 D)`` (measured faster than three ``(Dq, D)`` products)."""
-        if not self.fused_qkv or self.is_initializing():
+        # under --tensor the three kernels are split by heads: three local products, no concatenation
+        if not self.fused_qkv or self.is_initializing() or parallel.tensor_size() > 1:
             return self._heads(self.query(x)), self._heads(self.key(x)), self._heads(self.value(x))
         b, t, _ = x.shape
         params = [m.variables["params"] for m in (self.query, self.key, self.value)]

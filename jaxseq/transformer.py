@@ -42,6 +42,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxseq import parallel
 from jaxseq.attention_layers import MultiHeadAttention, Projection
 from jaxseq.config import Config, option
 from jaxseq.errors import ConfigError
@@ -78,10 +79,19 @@ class TransformerOptions(Config):
         if self.d_model % self.heads:
             raise ConfigError(f"--d-model {self.d_model} is not divisible by --heads {self.heads}")
 
+    def tensor_sizes(self) -> dict[str, int]:
+        """What ``--tensor`` splits, by flag: the heads and the feed-forward width (it must divide both)."""
+        return {"--heads": self.heads, "--ffn": self.ffn or 4 * self.d_model}
+
     def stack_options(self) -> dict[str, Any]:
         """The keyword arguments of :class:`Stack` these options set."""
         return dict(d_model=self.d_model, num_heads=self.heads, ffn=self.ffn or 4 * self.d_model,
                     activation=self.ffn_activation, norm=self.norm, scan_layers=self.scan_layers)
+
+
+def tensor_sizes(run: Any) -> dict[str, int]:
+    """``ModelSpec.tensor_sizes`` of a Transformer run (its ``transformer`` section)."""
+    return run.transformer.tensor_sizes()
 
 
 # -- pure functions -----------------------------------------------------------------------
@@ -168,6 +178,7 @@ class FeedForward(nn.Module):
         lead = x.shape[:-1]
         h = ACTIVATIONS[self.activation](Projection(self.hidden, dtype=self.dtype, name="dense1")(
             x.reshape(-1, x.shape[-1])))
+        h = parallel.constrain(h, ("batch", "mlp"))                # tensor parallelism: column split
         return Projection(self.d_model, dtype=self.dtype, name="dense2")(h).reshape(*lead, self.d_model)
 
 

@@ -93,7 +93,7 @@ from jaxseq.config import Config, option
 from jaxseq.flops import StepFlops, attention as attention_flops, matmul, transformer_block
 from jaxseq.models.registry import ModelSpec, register
 from jaxseq.models.recurrent import StackedRecurrent, apply_dense_2d
-from jaxseq.transformer import Embedder, Stack
+from jaxseq.transformer import Embedder, Stack, tensor_sizes
 
 Array = jax.Array
 ATTENTION_SCORES = ("additive", "dot", "dot-unscaled")
@@ -524,7 +524,7 @@ register(ModelSpec(task="translate", name="bahdanau", description="GRU encoder-d
 register(ModelSpec(
     task="translate", name="transformer", description="Transformer encoder-decoder (Vaswani et al., 2017)",
     sections=("transformer",), build=_build_transformer, flops=_transformer_flops, cross_attention=True,
-    layered_attention=True,
+    layered_attention=True, tensor_sizes=tensor_sizes,
     decode_cache=True, tuned_allocator=True, steps=900,
     defaults={"model": {"layers": 2, "dropout": 0.2},
               "transformer": {"d_model": 256, "heads": 4, "ffn": 1024},

@@ -34,7 +34,7 @@ from jaxseq.config import option
 from jaxseq.errors import ConfigError
 from jaxseq.flops import StepFlops, attention, matmul, transformer_block
 from jaxseq.models.registry import ModelSpec, register
-from jaxseq.transformer import Embedder, Stack, TransformerOptions
+from jaxseq.transformer import Embedder, Stack, TransformerOptions, tensor_sizes
 
 Array = jax.Array
 
@@ -152,7 +152,7 @@ def _flops(run, vocab_sizes: tuple[int, ...], shapes) -> StepFlops:
 # nanoGPT's CPU configuration for character Shakespeare (experiments/nanogpt_shakespeare.sh)
 register(ModelSpec(
     task="lm", name="transformer", description="decoder-only (GPT-style) Transformer", sections=("transformer",),
-    build=_build, flops=_flops, decode_cache=True, tuned_allocator=True,
+    build=_build, flops=_flops, decode_cache=True, tuned_allocator=True, tensor_sizes=tensor_sizes,
     defaults={"model": {"layers": 4, "dropout": 0.0},
               "transformer": {"d_model": 128, "heads": 4, "norm": "pre", "positional": "learned",
                               "ffn_activation": "gelu"},

@@ -230,6 +230,13 @@ class Task(abc.ABC):
         raise ConfigError(f"the {self.name} task has no count-based models")
 
 
+def check_tensor(run: Run) -> None:
+    """Refuse a ``--tensor`` the model cannot split (:func:`jaxseq.parallel.check_tensor`)."""
+    spec = run.spec
+    sizes = spec.tensor_sizes(run) if spec.tensor_sizes is not None else None
+    parallel.check_tensor(run.parallel.tensor, sizes, spec.name)
+
+
 # -- manifests -----------------------------------------------------------------------------
 
 def manifest(run: Run, vocabs: dict[str, Vocab], params: Any, data: str | None) -> Manifest:
@@ -281,6 +288,7 @@ def train(task: Task, run: Run, workdir: WorkdirLike, *, resume: bool = False, r
         config = workdir.plan(run.to_dict(), resume=resume, restart=restart, given=given, sections=task.sections)
         run = task.run_from_dict(config, str(workdir.config_path))
         run.validate()
+        check_tensor(run)
         vocabs = _saved_vocabs(task, workdir) if resume else None
         data = task.load_data(run, vocabs)            # refuses bad data before anything is written
         echo(f"data: {task.describe_data(data)}")
@@ -319,7 +327,8 @@ def _train_neural(task: Task, run: Run, data: Any, vocabs: dict[str, Vocab], wor
     expected = manifest(run, vocabs, state.params, None if allow_data_change else fingerprint)
     before = task.before_training(run, data, options, echo)
 
-    checkpointer = Checkpointer(workdir.checkpoints, keep=run.train.keep, keep_best=run.train.keep_best)
+    checkpointer = Checkpointer(workdir.checkpoints, keep=run.train.keep, keep_best=run.train.keep_best,
+                                async_save=run.train.async_checkpoint)
     metrics_log = trainer.MetricsLog(workdir.metrics, jax.process_index() == 0, events=workdir.file("tensorboard"))
     sizes = task.vocab_sizes(vocabs)
     step_flops = (lambda shapes: spec.flops(run, sizes, shapes)) if spec.flops else None
