@@ -375,6 +375,7 @@ class TransformerEncoderDecoder(nn.Module):
     activation: str = "relu"
     scan_layers: bool = False
     remat: bool = False
+    attention_impl: str = "jaxseq"
     dtype: Any = jnp.float32
 
     target_key: ClassVar[str] = "tgt_out"
@@ -385,7 +386,7 @@ class TransformerEncoderDecoder(nn.Module):
         stack = lambda name, **kw: Stack(self.num_layers, self.d_model, self.num_heads, self.ffn,
                                          dropout=self.dropout, norm=self.norm, activation=self.activation,
                                          scan_layers=self.scan_layers, remat=self.remat, sow_weights=True,
-                                         dtype=self.dtype, name=name, **kw)
+                                         attention_impl=self.attention_impl, dtype=self.dtype, name=name, **kw)
         self.src_embedder, self.tgt_embedder = embed(self.src_vocab_size, "src_embedder"), embed(
             self.tgt_vocab_size, "tgt_embedder")
         self.encoder = stack("encoder")
@@ -467,7 +468,8 @@ def _build_transformer(run, vocab_sizes: tuple[int, int]) -> TransformerEncoderD
     options = run.transformer
     return TransformerEncoderDecoder(*vocab_sizes, run.data.max_len, num_layers=run.model.layers,
                                      dropout=run.model.dropout, positional=options.positional,
-                                     remat=run.train.remat, dtype=run.train.compute_dtype, **options.stack_options())
+                                     remat=run.train.remat, dtype=run.train.compute_dtype,
+                                     **options.stack_options(run.train.compute_dtype, run.model.dropout))
 
 
 def _gru_stack_flops(n: int, first: int, hidden: int, layers: int) -> float:
