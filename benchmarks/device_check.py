@@ -133,7 +133,7 @@ def flops_text(rate: float) -> str:
     return f"{rate / 1e12:.0f} TFLOP/s" if rate >= 1e12 else f"{rate / 1e9:.1f} GFLOP/s"
 
 
-def jax_peak(dtype: str) -> tuple[float, str]:
+def jax_peak(dtype: str, size: int = 1024) -> tuple[float, str]:
     """``(peak FLOP/s per device, where it comes from)``: the vendor table for a known accelerator
     (jaxseq.hardware), else a matmul measured here."""
     from jaxseq import hardware
@@ -141,7 +141,7 @@ def jax_peak(dtype: str) -> tuple[float, str]:
     peak = hardware.table_peak(kind, dtype)
     if peak:
         return peak, f"{kind} datasheet {dtype}"
-    return hardware.measure_peak(dtype), f"measured {dtype} matmul"
+    return hardware.measure_peak(dtype, size=size), f"measured {dtype} matmul"
 
 
 def section_env(rows: Rows, size: dict, smoke: bool) -> None:
@@ -208,7 +208,7 @@ def section_transformer(rows: Rows, size: dict, smoke: bool) -> None:
     from jaxseq.optim import OptimConfig, make_optimizer
     from jaxseq.tasks import lm
     cfg = size["transformer"]
-    peak, source = jax_peak("bfloat16")
+    peak, source = jax_peak("bfloat16", 256 if smoke else 1024)
     for seq, batch, impl in cfg["runs"]:
         what = f"jaxseq Transformer train, seq {seq}, batch {batch}, --attention-impl {impl}"
         try:
@@ -377,7 +377,7 @@ def section_gru(rows: Rows, size: dict, smoke: bool) -> None:
     label = f"vocab {cfg['vocab']}, batch {cfg['batch']}, seq {cfg['seq']}, hidden {cfg['hidden']}, float32"
     try:
         per_token = gru_flops_per_token(cfg)
-        peak, source = jax_peak("float32")
+        peak, source = jax_peak("float32", 256 if smoke else 1024)
     except Exception as exc:            # noqa: BLE001
         rows.error("GRU FLOP count", exc)
         per_token, peak, source = None, None, ""
