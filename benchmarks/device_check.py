@@ -11,7 +11,8 @@ others still run; a global budget skips what no longer fits):
                       d_model 1,024, 16 heads, 8 pre-norm blocks (--scan-layers: one compiled block)
   torch-transformer   the same model in PyTorch (bf16 autocast, F.scaled_dot_product_attention(is_causal),
                       fused AdamW), same tokens per step, same analytic FLOP count for MFU
-  gru                 GRU LM training tokens/s: jaxseq vs Flax nn.RNN(GRUCell) vs PyTorch nn.GRU (cuDNN)
+  gru                 GRU LM training tokens/s: jaxseq (hand-written BPTT with the platform's scan unroll and
+                      with unroll 8; JAX's autodiff) vs Flax nn.RNN(GRUCell) vs PyTorch nn.GRU (cuDNN)
   mingru              minGRU one-layer training step time, associative vs sequential scan, T = 512 .. 16,384
   generate            cached generation tokens/s (Transformer batch 1 and 32, GRU batch 1)
   attention           causal attention forward+backward time per jaxseq impl (jaxseq, xla, cudnn) and
@@ -382,6 +383,8 @@ def section_gru(rows: Rows, size: dict, smoke: bool) -> None:
         rows.error("GRU FLOP count", exc)
         per_token, peak, source = None, None, ""
     for name, build in (("jaxseq GRU LM (custom BPTT)", lambda: jaxseq_trainer(cfg, 1, "custom")),
+                        ("jaxseq GRU LM (custom BPTT, --scan-unroll 8)",
+                         lambda: jaxseq_trainer(cfg, 1, "custom", scan_unroll=8)),
                         ("jaxseq GRU LM (autodiff)", lambda: jaxseq_trainer(cfg, 1, "autodiff")),
                         ("Flax nn.RNN(GRUCell)", lambda: flax_trainer(cfg, 1))):
         try:

@@ -164,3 +164,28 @@ def test_device_check_script_parses_and_its_driver_runs_a_section(tmp_path):
     assert "| env | backend | cpu |" in table and "ERROR" not in table
     assert "JAX 512^3 matmul float32" in table
     assert (tmp_path / "device_check.json").exists() and (tmp_path / "logs" / "env.log").exists()
+
+
+def test_scan_unroll_gives_the_same_results_for_any_unroll():
+    """GRU (hand-written and JAX's backward, masked) and the sequential minGRU: unroll 1 == unroll 3 (T = 7)."""
+    from jaxseq import cells
+    rng = np.random.default_rng(5)
+    xs = jnp.asarray(rng.normal(size=(2, 7, 3)).astype(np.float32))
+    w = jnp.asarray(rng.normal(size=(2, 7, 4)).astype(np.float32))
+    lengths = jnp.array([7, 4])
+    gru = cells.GRU.init(jax.random.PRNGKey(0), 3, 4)
+    mingru = cells.MINGRU.init(jax.random.PRNGKey(1), 3, 4)
+    runs = {f"gru {b}": lambda p, x, u, b=b: cells.run(cells.GRU, p, x, lengths=lengths, backward=b, unroll=u)[1]
+            for b in ("custom", "autodiff")}
+    runs["mingru sequential"] = lambda p, x, u: cells.run_min(cells.MINGRU, p, x, lengths=lengths,
+                                                              runner="sequential", unroll=u)[1]
+    for name, f in runs.items():
+        params = mingru if name.startswith("mingru") else gru
+        both = jax.jit(lambda p, x, f=f: [(f(p, x, u), jax.grad(lambda p, x: jnp.sum(f(p, x, u) * w), (0, 1))(p, x))
+                                          for u in (1, 3)])
+        (h1, g1), (h3, g3) = both(params, xs)
+        np.testing.assert_allclose(h3, h1, rtol=1e-6, atol=1e-6, err_msg=name)
+        for a, b in zip(jax.tree_util.tree_leaves(g3), jax.tree_util.tree_leaves(g1)):
+            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6, err_msg=name)
+    assert cells.platform_unroll(0, "cpu") == cells.UNROLL["cpu"] and cells.platform_unroll(5, "gpu") == 5
+    assert build_lm("gru", 7, scan_unroll=4).unroll == 4

@@ -123,6 +123,9 @@ class Seq2SeqRNNConfig(Config):
     gru_reset: str = option("after", "the GRU's reset gate, encoder and decoder: before the recurrent product "
                             "(the notes' form) or after it (cuDNN's)", choices=tuple(cells.GRU_RESETS),
                             legacy="after")
+    scan_unroll: int = option(0, "time steps per iteration of the recurrent lax.scan loops (0: the platform's "
+                              "measured default, jaxseq.cells.UNROLL); same results for any value",
+                              minimum=0, resumable=True, legacy=0)
 
 
 # -- the encoder ---------------------------------------------------------------------------
@@ -138,6 +141,7 @@ class _GRUStack(nn.Module):
     reset: str = "after"    # the GRU's form (jaxseq.cells.gated): before (the notes') or after
     dtype: Any = jnp.float32
     remat: bool = False     # recompute activations in the backward pass (TrainConfig.remat)
+    unroll: int = 0         # the recurrent scans' unroll (--scan-unroll; 0: the platform's)
 
 
 class GRUEncoder(_GRUStack):
@@ -153,7 +157,8 @@ class GRUEncoder(_GRUStack):
         x = nn.Embed(self.vocab_size, self.embed, name="embed")(src).astype(self.dtype)
         mask = cells.lengths_to_mask(src_len, src.shape[1])
         rnn = StackedRecurrent(cell="gru", reset=self.reset, hidden=self.hidden, layers=self.layers,
-                               dropout=self.dropout, dtype=self.dtype, remat=self.remat, name="rnn")
+                               dropout=self.dropout, dtype=self.dtype, remat=self.remat,
+                               unroll=self.unroll, name="rnn")
         return rnn(x, None, mask, train=train)
 
 
@@ -175,7 +180,8 @@ class ContextDecoder(_Decoder):
     def setup(self):
         super().setup()
         self.rnn = StackedRecurrent(cell="gru", reset=self.reset, hidden=self.hidden, layers=self.layers,
-                                    dropout=self.dropout, dtype=self.dtype, remat=self.remat, name="rnn")
+                                    dropout=self.dropout, dtype=self.dtype, remat=self.remat,
+                                    unroll=self.unroll, name="rnn")
 
     def init_state(self, carries, outputs: Array, src_len: Array) -> dict:
         return {"carry": tuple(carries), "context": carries[-1]}
@@ -315,12 +321,13 @@ class RNNEncoderDecoder(nn.Module):
     reset: str = "after"
     dtype: Any = jnp.float32
     remat: bool = False
+    unroll: int = 0
 
     target_key: ClassVar[str] = "tgt_out"
 
     def setup(self):
         sizes = dict(embed=self.embed, hidden=self.hidden, layers=self.layers, dropout=self.dropout,
-                     reset=self.reset, dtype=self.dtype, remat=self.remat)
+                     reset=self.reset, dtype=self.dtype, remat=self.remat, unroll=self.unroll)
         self.encoder = GRUEncoder(self.src_vocab_size, **sizes, name="encoder")
         if self.attention is None:
             self.decoder = ContextDecoder(self.tgt_vocab_size, **sizes, name="decoder")
@@ -461,7 +468,8 @@ def _build_rnn(attention: bool, run, vocab_sizes: tuple[int, int]) -> RNNEncoder
     rnn = run.rnn
     return RNNEncoderDecoder(*vocab_sizes, embed=rnn.embed, hidden=rnn.hidden, layers=run.model.layers,
                              dropout=run.model.dropout, attention=rnn.attention if attention else None,
-                             reset=rnn.gru_reset, dtype=run.train.compute_dtype, remat=run.train.remat)
+                             reset=rnn.gru_reset, dtype=run.train.compute_dtype, remat=run.train.remat,
+                             unroll=rnn.scan_unroll)
 
 
 def _build_transformer(run, vocab_sizes: tuple[int, int]) -> TransformerEncoderDecoder:
