@@ -17,6 +17,8 @@ others still run; a global budget skips what no longer fits):
   generate            cached generation tokens/s (Transformer batch 1 and 32, GRU batch 1)
   attention           causal attention forward+backward time per jaxseq impl (jaxseq, xla, cudnn) and
                       PyTorch SDPA, bf16, seq 1,024 and 4,096; each impl's largest difference from xla
+  lstm                one LSTM layer's training step: jaxseq's hand-written BPTT vs cuDNN's LSTM through
+                      jax.experimental.rnn (the measurement behind adopting it or not)
 
     python benchmarks/device_check.py [--cpu-smoke] [--budget 465] [--sections env gru ...] [--out DIR]
 
@@ -47,10 +49,10 @@ sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))
 
 # name -> seconds allowed (full run); the caps add up to the default budget
-CAPS = {"env": 40, "transformer": 120, "torch-transformer": 60, "gru": 75, "mingru": 75, "generate": 45,
-        "attention": 50}
+CAPS = {"env": 40, "transformer": 115, "torch-transformer": 60, "gru": 70, "mingru": 70, "generate": 45,
+        "attention": 45, "lstm": 35}
 SMOKE_CAP = 60
-BUDGET = 465
+BUDGET = 470
 
 SIZES = {
     "full": {
@@ -60,6 +62,7 @@ SIZES = {
         "mingru": dict(hidden=512, tokens=65536, lengths=(512, 1024, 2048, 4096, 8192, 16384)),
         "generate": dict(length=512, batches=(1, 32), gru_hidden=1024, gru_length=1000),
         "attention": dict(batch=4, heads=16, head_dim=64, lengths=(1024, 4096), dtype="bfloat16"),
+        "lstm": dict(batch=128, seq=256, hidden=1024),
         "target_s": 1.0, "repeats": 3,
     },
     "smoke": {
@@ -69,6 +72,7 @@ SIZES = {
         "mingru": dict(hidden=16, tokens=1024, lengths=(64, 256)),
         "generate": dict(length=16, batches=(1, 4), gru_hidden=32, gru_length=16),
         "attention": dict(batch=1, heads=2, head_dim=16, lengths=(64, 128), dtype="float32"),
+        "lstm": dict(batch=4, seq=16, hidden=32),
         "target_s": 0.05, "repeats": 2,
     },
 }
@@ -522,9 +526,42 @@ def section_attention(rows: Rows, size: dict, smoke: bool) -> None:
             rows.error(what, exc)
 
 
+def section_lstm(rows: Rows, size: dict, smoke: bool) -> None:
+    """One LSTM layer's training step (loss sum(hs * W), gradients of weights and inputs): jaxseq's
+    cells.run (hand-written BPTT) against jax.experimental.rnn.lstm (cuDNN's LSTM on a GPU)."""
+    import jax
+    import jax.numpy as jnp
+    from jax.experimental import rnn
+    from jaxseq import cells
+    cfg = size["lstm"]
+    b, t, h = cfg["batch"], cfg["seq"], cfg["hidden"]
+    key = jax.random.PRNGKey(0)
+    xs = jax.random.normal(key, (b, t, h), jnp.float32)
+    w = jax.random.normal(jax.random.fold_in(key, 1), (b, t, h), jnp.float32)
+    note = f"B {b}, T {t}, input = hidden {h}, float32"
+    contestants = {
+        "jaxseq cells.run(LSTM), hand-written BPTT": (
+            cells.LSTM.init(key, h, h), lambda p, x: cells.run(cells.LSTM, p, x)[1]),
+        "jax.experimental.rnn.lstm (cuDNN on a GPU)": (
+            rnn.init_lstm_weight(key, h, h, 1, False),
+            lambda p, x: rnn.lstm(x, jnp.zeros((1, b, h)), jnp.zeros((1, b, h)), p, jnp.full((b,), t, jnp.int32),
+                                  h, h, 1, 0.0, False)[0])}
+    for name, (params, layer) in contestants.items():
+        if "cuDNN" in name and jax.default_backend() != "gpu":
+            rows.add(f"LSTM layer train step: {name}", None,
+                     note=f"skipped: jax.experimental.rnn runs only on a GPU (backend {jax.default_backend()})")
+            continue
+        try:
+            step = jax.jit(jax.grad(lambda p, x, layer=layer: jnp.sum(layer(p, x) * w), (0, 1)))
+            s = seconds_per_call(lambda: jax.block_until_ready(step(params, xs)), size["target_s"], size["repeats"])
+            rows.add(f"LSTM layer train step: {name}", round(b * t / s), "tokens/s", note=note)
+        except Exception as exc:        # noqa: BLE001
+            rows.error(f"LSTM layer train step: {name}", exc)
+
+
 SECTIONS = {"env": section_env, "transformer": section_transformer, "torch-transformer": section_torch_transformer,
             "gru": section_gru, "mingru": section_mingru, "generate": section_generate,
-            "attention": section_attention}
+            "attention": section_attention, "lstm": section_lstm}
 
 
 def run_section(name: str, result: str, smoke: bool) -> None:
