@@ -481,7 +481,7 @@ def section_attention(rows: Rows, size: dict, smoke: bool) -> None:
         shape = (cfg["batch"], cfg["heads"], t, cfg["head_dim"])
         q, k, v = (jax.random.normal(jax.random.fold_in(key, i), shape, dtype) for i in range(3))
         ref = None
-        for impl in ("xla", "jaxseq", "cudnn"):
+        for impl in ("xla", "cudnn", "jaxseq"):
             what = f"jaxseq causal attention fwd+bwd, T {t}, impl {impl}"
             if impl == "cudnn" and not gpu:
                 rows.add(what, None, note=f"skipped: cudnn needs a CUDA GPU (backend {jax.default_backend()})")
@@ -613,6 +613,8 @@ def drive(sections: list[str], smoke: bool, budget: float, out: Path | None) -> 
     env = dict(os.environ)
     env.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")    # JAX and PyTorch share the GPU
     env.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    # compiled programs kept between sections and for a rerun on the same machine (outside $OUT)
+    env.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(tempfile.gettempdir(), "jaxseq-device-check-cache"))
     env["PYTHONPATH"] = os.pathsep.join([str(HERE.parent)] + [p for p in [env.get("PYTHONPATH")] if p])
     if smoke:
         env.setdefault("JAX_PLATFORMS", "cpu")
