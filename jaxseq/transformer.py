@@ -83,6 +83,11 @@ class TransformerOptions(Config):
         if self.d_model % self.heads:
             raise ConfigError(f"--d-model {self.d_model} is not divisible by --heads {self.heads}")
 
+    def check_run(self, run: Any) -> None:
+        """Refuse an ``--attention-impl`` this platform, ``--dtype`` or ``--dropout`` cannot run, before
+        anything is written (:func:`jaxseq.attention_impl.resolve_impl`)."""
+        self.stack_options(run.train.compute_dtype, run.model.dropout)
+
     def stack_options(self, dtype: Any = jnp.float32, dropout: float = 0.0) -> dict[str, Any]:
         """The keyword arguments of :class:`Stack` these options set, ``--attention-impl`` resolved for
         the compute ``dtype`` and ``dropout`` on this platform (:func:`jaxseq.attention_impl.resolve_impl`)."""
