@@ -57,9 +57,15 @@ def cudnn_fits(dtype: Any, head_dim: int) -> bool:
     return jnp.dtype(dtype) in [jnp.dtype(d) for d in CUDNN_DTYPES] and head_dim % 8 == 0 and head_dim <= 128
 
 
-def resolve_impl(impl: str, *, dtype: Any, head_dim: int, dropout: float = 0.0, backend: str | None = None) -> str:
-    """The implementation ``--attention-impl impl`` runs on ``backend`` (default: JAX's), or a
-    :class:`~jaxseq.errors.ConfigError` naming the flag when it cannot run there."""
+def resolve_impl(impl: str, *, dtype: Any, head_dim: int, dropout: float = 0.0, backend: str | None = None,
+                 strict: bool = True) -> str:
+    """The implementation ``--attention-impl impl`` runs on ``backend`` (default: JAX's).
+
+    ``strict`` (training): an implementation that cannot run here is a
+    :class:`~jaxseq.errors.ConfigError` naming the flag. Not strict (building a
+    saved run's model to evaluate or generate, maybe on another platform):
+    it falls back to what ``auto`` picks here.
+    """
     if impl not in IMPLS:
         raise ConfigError(f"--attention-impl must be one of {', '.join(IMPLS)}, got {impl!r}")
     backend = backend or jax.default_backend()
@@ -67,20 +73,30 @@ def resolve_impl(impl: str, *, dtype: Any, head_dim: int, dropout: float = 0.0, 
         if backend == "gpu" and cudnn_fits(dtype, head_dim):
             return "cudnn"
         return AUTO.get(backend, "jaxseq")
+    refusal = _refusal(impl, jnp.dtype(dtype), head_dim, dropout, backend)
+    if refusal is None:
+        return impl
+    if strict:
+        raise ConfigError(refusal)
+    return resolve_impl("auto", dtype=dtype, head_dim=head_dim, dropout=dropout, backend=backend)
+
+
+def _refusal(impl: str, dtype: Any, head_dim: int, dropout: float, backend: str) -> str | None:
+    """Why ``impl`` cannot run here (one line naming the flag), or None."""
     if impl == "cudnn":
         if backend != "gpu":
-            raise ConfigError(f"--attention-impl cudnn needs an NVIDIA GPU, but JAX runs on {backend}; "
-                              "use --attention-impl auto, xla or jaxseq")
-        if not cudnn_fits(dtype, head_dim) and jnp.dtype(dtype) not in [jnp.dtype(d) for d in CUDNN_DTYPES]:
-            raise ConfigError(f"--attention-impl cudnn needs --dtype bfloat16 (cuDNN's fused attention takes "
-                              f"bf16/fp16), got {jnp.dtype(dtype).name}; or use --attention-impl auto or xla")
+            return (f"--attention-impl cudnn needs an NVIDIA GPU, but JAX runs on {backend}; "
+                    "use --attention-impl auto, xla or jaxseq")
+        if dtype not in [jnp.dtype(d) for d in CUDNN_DTYPES]:
+            return (f"--attention-impl cudnn needs --dtype bfloat16 (cuDNN's fused attention takes bf16/fp16), "
+                    f"got {dtype.name}; or use --attention-impl auto or xla")
         if head_dim % 8:
-            raise ConfigError(f"--attention-impl cudnn needs a head size (--d-model / --heads) that is a "
-                              f"multiple of 8, got {head_dim}; or use --attention-impl auto or xla")
+            return (f"--attention-impl cudnn needs a head size (--d-model / --heads) that is a multiple of 8, "
+                    f"got {head_dim}; or use --attention-impl auto or xla")
     if impl in ("xla", "cudnn") and dropout > 0:
-        raise ConfigError(f"--attention-impl {impl} has no attention dropout; give --dropout 0, or use "
-                          "--attention-impl auto (the jaxseq path in training steps that drop) or jaxseq")
-    return impl
+        return (f"--attention-impl {impl} has no attention dropout; give --dropout 0, or use "
+                "--attention-impl auto (the jaxseq path in training steps that drop) or jaxseq")
+    return None
 
 
 def fused_attention(q: Array, k: Array, v: Array, valid_lens: Array | None = None, mask: Array | None = None,

@@ -84,14 +84,18 @@ class TransformerOptions(Config):
             raise ConfigError(f"--d-model {self.d_model} is not divisible by --heads {self.heads}")
 
     def check_run(self, run: Any) -> None:
-        """Refuse an ``--attention-impl`` this platform, ``--dtype`` or ``--dropout`` cannot run, before
-        anything is written (:func:`jaxseq.attention_impl.resolve_impl`)."""
-        self.stack_options(run.train.compute_dtype, run.model.dropout)
+        """Refuse (training) an ``--attention-impl`` this platform, ``--dtype`` or ``--dropout`` cannot run,
+        before anything is written (:func:`jaxseq.attention_impl.resolve_impl`, strict)."""
+        resolve_impl(self.attention_impl, dtype=run.train.compute_dtype, head_dim=self.d_model // self.heads,
+                     dropout=run.model.dropout)
 
     def stack_options(self, dtype: Any = jnp.float32, dropout: float = 0.0) -> dict[str, Any]:
         """The keyword arguments of :class:`Stack` these options set, ``--attention-impl`` resolved for
-        the compute ``dtype`` and ``dropout`` on this platform (:func:`jaxseq.attention_impl.resolve_impl`)."""
-        impl = resolve_impl(self.attention_impl, dtype=dtype, head_dim=self.d_model // self.heads, dropout=dropout)
+        the compute ``dtype`` and ``dropout`` on this platform (not strict: a saved run's model builds
+        on any platform, with ``auto``'s choice where its own cannot run; training refused it already
+        in :meth:`check_run`)."""
+        impl = resolve_impl(self.attention_impl, dtype=dtype, head_dim=self.d_model // self.heads, dropout=dropout,
+                            strict=False)
         return dict(d_model=self.d_model, num_heads=self.heads, ffn=self.ffn or 4 * self.d_model,
                     activation=self.ffn_activation, norm=self.norm, scan_layers=self.scan_layers,
                     attention_impl=impl)
