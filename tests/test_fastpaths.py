@@ -90,7 +90,7 @@ def test_resolve_impl_per_platform_and_its_refusals():
     assert resolve_impl("xla", dtype=jnp.float32, head_dim=8, dropout=0.1, backend="cpu", strict=False) == AUTO["cpu"]
 
 
-SMALL = dict(d_model=16, num_heads=2, num_layers=2, ffn=24)
+SMALL = dict(d_model=16, num_heads=2, num_layers=1, ffn=24)
 
 
 def test_transformer_lm_xla_equals_jaxseq_in_training_and_cached_decoding():
@@ -123,7 +123,7 @@ def test_translation_transformer_xla_equals_jaxseq_with_padding_and_keeps_its_he
     out = {impl: jax.jit(lambda p, m=m: m.apply({"params": p}, batch)[0])(params) for impl, m in models.items()}
     np.testing.assert_allclose(out["xla"], out["jaxseq"], rtol=1e-4, atol=1e-5)
     # the weights for heatmaps are still sown when collected (the jaxseq path runs for them)
-    _, sown = models["xla"].apply({"params": params}, batch, mutable=["intermediates"])
+    _, sown = jax.jit(lambda p: models["xla"].apply({"params": p}, batch, mutable=["intermediates"]))(params)
     assert jax.tree_util.tree_leaves(sown)
 
 
@@ -173,7 +173,7 @@ def test_device_check_script_parses_and_its_driver_runs_a_section(tmp_path):
 
 
 def test_scan_unroll_gives_the_same_results_for_any_unroll():
-    """GRU (hand-written and JAX's backward, masked) and the sequential minGRU: unroll 1 == unroll 3 (T = 7)."""
+    """GRU (hand-written backward, masked) and the sequential minGRU: unroll 1 == unroll 3 (T = 7)."""
     from jaxseq import cells
     rng = np.random.default_rng(5)
     xs = jnp.asarray(rng.normal(size=(2, 7, 3)).astype(np.float32))
@@ -181,8 +181,7 @@ def test_scan_unroll_gives_the_same_results_for_any_unroll():
     lengths = jnp.array([7, 4])
     gru = cells.GRU.init(jax.random.PRNGKey(0), 3, 4)
     mingru = cells.MINGRU.init(jax.random.PRNGKey(1), 3, 4)
-    runs = {f"gru {b}": lambda p, x, u, b=b: cells.run(cells.GRU, p, x, lengths=lengths, backward=b, unroll=u)[1]
-            for b in ("custom", "autodiff")}
+    runs = {"gru": lambda p, x, u: cells.run(cells.GRU, p, x, lengths=lengths, unroll=u)[1]}   # hand-written BPTT
     runs["mingru sequential"] = lambda p, x, u: cells.run_min(cells.MINGRU, p, x, lengths=lengths,
                                                               runner="sequential", unroll=u)[1]
     for name, f in runs.items():
