@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import collections
 import hashlib
+import itertools
 import json
 import os
 from pathlib import Path
@@ -63,8 +64,13 @@ class Vocab:
               reserved_tokens: Sequence[str] = DEFAULT_RESERVED) -> "Vocab":
         """The vocabulary of ``tokens``: ``reserved_tokens`` (and ``<unk>``) first, then every token seen
         at least ``min_freq`` times (text tokens spelled like a reserved token are never counted)."""
+        return cls.from_counts(collections.Counter(tokens), min_freq=min_freq, reserved_tokens=reserved_tokens)
+
+    @classmethod
+    def from_counts(cls, counts: collections.Counter, *, min_freq: int = 1,
+                    reserved_tokens: Sequence[str] = DEFAULT_RESERVED) -> "Vocab":
+        """:meth:`build` from token counts (``jaxseq prepare`` merges the counts of a corpus streamed in chunks)."""
         reserved = list(dict.fromkeys(list(reserved_tokens) + ([UNK] if UNK not in reserved_tokens else [])))
-        counts = collections.Counter(tokens)
         kept = sorted((t for t, c in counts.items()
                        if c >= min_freq and t not in reserved and t not in RESERVED_STRINGS),
                       key=lambda t: (-counts[t], t))
@@ -105,7 +111,7 @@ class Vocab:
         reserved token (``"<eos>"`` in the text is ``<unk>``, not ``eos``).
         """
         get, unk = self.text_to_idx.get, self.unk
-        return np.fromiter((get(t, unk) for t in tokens), dtype=np.int32)
+        return np.fromiter(map(get, tokens, itertools.repeat(unk)), dtype=np.int32)
 
     def decode(self, ids: Iterable[int]) -> list[str]:
         table = self.idx_to_token

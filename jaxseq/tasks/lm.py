@@ -10,10 +10,10 @@ import jax
 import numpy as np
 
 from jaxseq import decode, parallel, train
-from jaxseq.data import text as text_lib
-from jaxseq.data.lm import LMBatches, LMCorpus, LMDataConfig, eval_batches, load_corpus, tokens_from_config
+from jaxseq.data import shards, text as text_lib
+from jaxseq.data.lm import EvalBatches, LMBatches, LMCorpus, LMDataConfig, load_corpus, tokens_from_config
 from jaxseq.data.vocab import Vocab
-from jaxseq.errors import DataError
+from jaxseq.errors import ConfigError, DataError
 from jaxseq.manifest import array_fingerprint
 from jaxseq.models.lm import LMModelConfig, RNNConfig
 from jaxseq.models.minrnn import MinRNNConfig
@@ -37,6 +37,22 @@ class LMTask(runner.Task):
     default_steps = 2000
     builtin_data = ("builtin",)
 
+    def resolve(self, given: Mapping[str, Any] | None = None, **kwargs: Any) -> Run:
+        """As :meth:`runner.Task.resolve`; with ``--data`` a prepared shard directory, the run's tokenization
+        settings are the index's (a flag given with another value is refused: the shards are already cut)."""
+        run = super().resolve(given, **kwargs)
+        if not shards.is_prepared(run.data.data):
+            return run
+        given = dict(given or {})
+        settings = {k: v for k, v in shards.tokenization(run.data.data).items()
+                    if k in {f.name for f in dataclasses.fields(LMDataConfig)}}
+        for name, value in settings.items():
+            if name in given and given[name] != value:
+                raise ConfigError(f"--{name.replace('_', '-')} {given[name]} differs from the tokenization of the "
+                                  f"prepared shards {run.data.data} ({name.replace('_', '-')} {value}); leave the "
+                                  "flag out, or run `jaxseq prepare` again with it")
+        return Run(run.task, {**run.sections, "data": dataclasses.replace(run.data, **settings)})
+
     def load_data(self, run: Run, vocabs: dict[str, Vocab] | None) -> LMCorpus:
         return load_corpus(run.data, vocab=None if vocabs is None else vocabs["vocab.json"])
 
@@ -49,6 +65,9 @@ class LMTask(runner.Task):
 
     def check_data(self, run: Run, data: LMCorpus) -> None:
         if not run.spec.neural:
+            if data.sharded:
+                raise ConfigError(f"--model {run.model.model} counts every token in memory; train it on a text "
+                                  f"file, not on the prepared shards {data.source}")
             return
         LMBatches(data.train, seq_len=run.data.seq_len, batch_size=run.data.batch_size)   # refuses too little
         if len(data.valid) < 2:
@@ -56,7 +75,7 @@ class LMTask(runner.Task):
                             "raise --valid-fraction or give more text")
 
     def data_fingerprint(self, data: LMCorpus) -> str:
-        return array_fingerprint(data.train, data.valid)
+        return data.fingerprint or array_fingerprint(data.train, data.valid)
 
     def example_batch(self, run: Run) -> dict[str, np.ndarray]:
         b, t = run.data.batch_size, run.data.seq_len
@@ -68,8 +87,8 @@ class LMTask(runner.Task):
                          sampling=run.data.sampling, seed=run.train.seed, shard=shard or (0, 1))
 
     def valid_batches(self, run: Run, data: LMCorpus, shard: tuple[int, int] | None = None) -> list:
-        return [parallel.local_rows(b) for b in
-                eval_batches(data.valid, seq_len=run.data.seq_len, batch_size=run.data.batch_size)]
+        return EvalBatches(data.valid, seq_len=run.data.seq_len, batch_size=run.data.batch_size,
+                           each=parallel.local_rows)
 
     def initial_carry(self, run: Run, model) -> Any:
         """Sequential partitioning carries a recurrent model's state from batch to batch."""
@@ -91,6 +110,9 @@ class LMTask(runner.Task):
     def before_training(self, run: Run, data: LMCorpus, options: dict, echo: Echo) -> dict:
         if not options.get("baseline", True):
             return {}
+        if data.sharded:
+            echo("trigram baseline skipped: it counts every training token in memory (prepared shards)")
+            return {}
         trigram = NGramLM.fit(data.train, len(data.vocab), NGramConfig(order=3, smoothing="kn"))
         return {"trigram_kn_valid": trigram.evaluate(data.valid)}
 
@@ -103,7 +125,8 @@ class LMTask(runner.Task):
         echo(line)
         length = options.get("sample_length", 200)
         if length > 0:
-            prefix = data.valid[: min(10, len(data.valid))] if run.data.tokens == "char" else data.valid[:3]
+            prefix = np.asarray(data.valid[: min(10, len(data.valid))] if run.data.tokens == "char" else
+                                data.valid[:3], np.int32)
             sample = decode.generate(model, params, prefix[None], length, key=jax.random.PRNGKey(0),
                                      temperature=0.8)
             echo("sample: " + repr(_detokenize(run, data.vocab, np.concatenate([prefix, np.asarray(sample[0])]))))
@@ -189,7 +212,7 @@ def score_ids(loaded: runner.Loaded, ids: np.ndarray, context: str | None = None
     if loaded.params is None:
         return {**loaded.model.evaluate(ids), "eval_context": eval_context(run)}
     mesh = parallel.make_mesh(1)
-    batches = eval_batches(ids, seq_len=run.data.seq_len, batch_size=run.data.batch_size)
+    batches = EvalBatches(ids, seq_len=run.data.seq_len, batch_size=run.data.batch_size)
     carry = TASK.eval_carry(run, loaded.model)
     carry = None if carry is None else parallel.shard_tree_along_batch(carry, mesh)
     scores = train.evaluate(train.make_eval_step(loaded.model), loaded.params, batches, mesh, carry)
