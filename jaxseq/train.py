@@ -67,7 +67,9 @@ class TrainConfig(Config):
                                     resumable=True)
     keep_best: bool = option(False, "also keep the checkpoint with the lowest validation loss (checkpoints/best)")
     label_smoothing: float = option(0.0, "label smoothing of the training loss", minimum=0.0, below=1.0)
-    dtype: str = option("float32", "compute dtype (parameters and the loss stay float32)",
+    dtype: str = option("float32", "precision policy: float32, or bfloat16 = bf16 compute (matmuls, activations, "
+                        "attention; softmax and recurrences in float32) with float32 parameters, optimizer "
+                        "state, gradients and loss",
                         choices=("float32", "bfloat16"))
     remat: bool = option(False, "recompute activations in the backward pass (less memory, more compute)")
     time_limit: float | None = option(None, "stop after this many seconds of this run (checked every --log-every "

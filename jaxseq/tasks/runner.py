@@ -92,6 +92,9 @@ class Run:
     def validate(self) -> None:
         for section in self.sections.values():
             section.validate()
+        for section in self.sections.values():      # rules across sections (e.g. --attention-impl vs --dtype)
+            if hasattr(section, "check_run"):
+                section.check_run(self)
 
 
 class Task(abc.ABC):
