@@ -178,6 +178,8 @@ class TranslateTask(runner.Task):
         return _data_fingerprint(data)
 
     def check_data(self, run: Run, data: tr.TranslationData) -> None:
+        if run.data.batch_tokens is not None:     # the budget on every device, before anything is written
+            tr.token_rows(run.data.batch_tokens, data.widths, _devices(run))
         tie = run.model.tie_embeddings
         if tie != "none" and not run.spec.decode_cache:
             raise ConfigError(f"--tie-embeddings {tie} is for the transformer model (the RNN decoders' output "
