@@ -117,6 +117,30 @@ def test_token_budget_run_logs_its_non_padding_fraction(trained, capsys):
     assert fractions and all(0.2 < f <= 1.0 for f in fractions)
 
 
+# -- tied embeddings -----------------------------------------------------------------------
+
+def test_tied_embeddings_share_the_tables_and_the_output_projection(trained):
+    params = runner.load(trained, translate_task.TASK).params           # --tie-embeddings output
+    assert "out" not in params and {"src_embedder", "tgt_embedder"} <= set(params)
+    for tie, tables in (("all", {"embedder"}), ("none", {"src_embedder", "tgt_embedder", "out"})):
+        model = translate_task.build_translation_model("transformer", 12, 12, d_model=16, heads=2, ffn=32,
+                                                       layers=1, max_len=8, tie_embeddings=tie)
+        batch = {"src": jnp.zeros((2, 8), jnp.int32), "src_len": jnp.full((2,), 8, jnp.int32),
+                 "tgt_in": jnp.zeros((2, 8), jnp.int32)}
+        shapes = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), batch)["params"])   # nothing compiled
+        assert tables <= set(shapes) and not ({"src_embedder", "embedder", "out"} - tables) & set(shapes)
+    loaded = runner.load(trained, translate_task.TASK)
+    model, p = loaded.model, loaded.params
+    batch = {"src": np.array([[3, 4, 2, 0, 0, 0, 0, 0]], np.int32), "src_len": np.array([3], np.int32),
+             "tgt_in": np.array([[1, 5, 6, 0, 0, 0, 0, 0]], np.int32)}
+    logits, _ = model.apply({"params": p}, batch)
+    memory, src_len = model.apply({"params": p}, batch, method="encode")
+    y = model.apply({"params": p}, batch, memory, src_len, method=lambda m, b, mem, sl: m.decoder(
+        m.tgt_embedder(b["tgt_in"]), memory=mem, memory_valid_lens=sl))
+    table = np.asarray(p["tgt_embedder"]["embed"]["embedding"], np.float64)
+    np.testing.assert_allclose(np.asarray(logits), np.asarray(y, np.float64) @ table.T / 4.0, rtol=1e-4, atol=1e-5)
+
+
 # -- early stopping and the best checkpoint ------------------------------------------------
 
 def test_patience_stops_early_and_keeps_the_best_bleu_checkpoint(trained, capsys):

@@ -34,7 +34,8 @@ Bucketing
     ``buckets="pow2"`` uses 8, 16, 32, ... capped at ``max_len`` (about
     ``log2(max_len) - 2`` widths a side, padding below 2x); ``step8``
     multiples of 8 (less padding, ``max_len / 8`` widths a side, more
-    compilations); ``none`` always ``max_len`` (one shape, D2L's layout, most
+    compilations); ``step4`` 8, 12, 16, ... (multiples of 4 from 8: less padding
+    still, ``max_len / 4 - 1`` widths); ``none`` always ``max_len`` (one shape, D2L's layout, most
     padding). The widths of a batch are chosen from the whole global batch,
     so every host of a multi-host run builds the same shape.
 
@@ -53,7 +54,12 @@ Token budgets (``--batch-tokens N``, :class:`TokenBatches`)
     the number of batches per epoch is the same for every epoch, so the
     iterator resumes from ``(epoch, index)`` like :class:`TranslationBatches`.
     ``nonpad_fraction`` is the share of the ``R_w * 2 w`` slots of an epoch
-    that hold real tokens.
+    that hold real tokens: on the 162k fra-eng training pairs at ``--max-len
+    24`` and ``N = 4096``, 0.69 with ``pow2``/``step8`` widths (8, 16, 24: 3
+    shapes) and 0.80 with ``step4`` (8, 12, 16, 20, 24: 5 shapes), against
+    0.72 for length-sorted batches of 64 pairs (``--batch-size``, up to 9
+    shapes); separate source and target widths would reach 0.83 but with 21
+    shapes.
 """
 
 from __future__ import annotations
@@ -69,7 +75,7 @@ from jaxseq.data.vocab import BOS, EOS, PAD, Vocab
 from jaxseq.errors import ConfigError, DataError
 
 Batch = dict[str, np.ndarray]
-BUCKET_CHOICES = ("pow2", "step8", "none")
+BUCKET_CHOICES = ("pow2", "step8", "step4", "none")
 BATCH_STREAM = 2        # fold_rng(seed, BATCH_STREAM, epoch) orders an epoch's batches
 
 
@@ -186,6 +192,8 @@ def bucket_widths(max_len: int, buckets: str = "pow2") -> tuple[int, ...]:
             w *= 2
     elif buckets == "step8":
         widths = list(range(8, max_len, 8))
+    elif buckets == "step4":
+        widths = list(range(8, max_len, 4))
     else:
         raise ConfigError(f"--buckets must be one of {', '.join(BUCKET_CHOICES)}, got {buckets!r}")
     return tuple(widths) + (max_len,)

@@ -99,7 +99,8 @@ class TranslationDataConfig(Config):
                                       "--batch-size pairs: pairs bucketed by length, one batch shape per "
                                       "--buckets width", minimum=1)
     buckets: str = option("pow2", "padded widths of a batch: pow2 (8, 16, 32, ... up to --max-len), step8 "
-                          "(multiples of 8) or none (always --max-len: one shape)", choices=BUCKET_CHOICES)
+                          "(multiples of 8), step4 (8, 12, 16, ...: least padding, most shapes) or none (always "
+                          "--max-len: one shape)", choices=BUCKET_CHOICES)
     on_bad_line: str = option("error", "a malformed line (no tab, more than two tab-separated fields, an empty "
                               "side) stops reading, naming file and line (error), or is dropped and counted (skip); "
                               "with first-two a line of more than two fields gives its first two (with a warning) "
