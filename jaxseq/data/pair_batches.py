@@ -268,7 +268,8 @@ def token_rows(budget: int, widths: Sequence[int], devices: int = 1) -> dict[int
     """
     longest = 2 * max(widths)
     if budget // longest < devices:
-        where = f" on each of the {devices} devices ({devices} x {longest} = {devices * longest})" if devices > 1 else ""
+        where = (f" on each of the {devices} devices ({devices} x {longest} = {devices * longest})"
+                 if devices > 1 else "")
         raise ConfigError(f"--batch-tokens {budget} is smaller than the longest allowed pair: {longest} tokens "
                           f"(source and target of --max-len {max(widths)}, padding included){where}; "
                           "raise --batch-tokens or lower --max-len")

@@ -491,7 +491,8 @@ def _build_transformer(run, vocab_sizes: tuple[int, int]) -> TransformerEncoderD
     options = run.transformer
     return TransformerEncoderDecoder(*vocab_sizes, run.data.max_len, num_layers=run.model.layers,
                                      dropout=run.model.dropout, positional=options.positional,
-                                     tie=run.model.tie_embeddings, remat=run.train.remat, dtype=run.train.compute_dtype, **options.stack_options())
+                                     tie=run.model.tie_embeddings, remat=run.train.remat,
+                                     dtype=run.train.compute_dtype, **options.stack_options())
 
 
 def _gru_stack_flops(n: int, first: int, hidden: int, layers: int) -> float:
