@@ -131,6 +131,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--data", default=None, help="a text file (LM) or TSV pairs (translation) to evaluate on "
                     "(default: the run's validation split)")
     ev.add_argument("--beam", type=int, default=None, help="translation: beam size for BLEU (default: greedy)")
+    ev.add_argument("--split", choices=("valid", "test"), default=None,
+                    help="translation, without --data: score the run's held-out validation (default) or test pairs")
     _add_decoding_flags(ev, defaults_from_run=True)
     ev.add_argument("--eval-context", choices=("stream", "window"), default=None,
                     help="language models with a recurrent state: carry it through the text (stream) or reset "
@@ -318,8 +320,8 @@ def _cmd_evaluate(args) -> int:
     if task == "lm":
         from jaxseq.tasks import lm
         given = [flag for flag, value in (("--length-penalty", args.alpha), ("--max-len-a", args.max_len_a),
-                                          ("--max-len-b", args.max_len_b), ("--checkpoint", args.checkpoint))
-                 if value is not None]
+                                          ("--max-len-b", args.max_len_b), ("--checkpoint", args.checkpoint),
+                                          ("--split", args.split)) if value is not None]
         if given:
             from jaxseq.errors import ConfigError
             raise ConfigError(f"{', '.join(given)}: for translation runs; this is a language-model run")
@@ -330,9 +332,12 @@ def _cmd_evaluate(args) -> int:
             from jaxseq.errors import ConfigError
             raise ConfigError("--eval-context is for language models; this is a translation run")
         from jaxseq.tasks import translate
+        if args.split is not None and args.data is not None:
+            from jaxseq.errors import ConfigError
+            raise ConfigError("--split picks one of the run's own splits; give it or --data, not both")
         result = translate.evaluate_translate(workdir, args.data, beam=args.beam, alpha=args.alpha,
                                               max_len_a=args.max_len_a, max_len_b=args.max_len_b,
-                                              checkpoint=args.checkpoint,
+                                              checkpoint=args.checkpoint, split=args.split or "valid",
                                               allow_data_change=args.allow_data_change)
     print(json.dumps(result, sort_keys=True))
     return 0

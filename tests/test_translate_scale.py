@@ -152,9 +152,14 @@ def test_patience_stops_early_and_keeps_the_best_bleu_checkpoint(trained, capsys
     best = int(np.argmax(bleus))                 # the first best; then --patience 2 validations without a better one
     assert len(bleus) == best + 3 and max(bleus[best + 1:]) <= bleus[best]
     assert all(0 <= r["chrf"] <= 100 for r in valid)
-    code, out, _ = run_cli(capsys, "evaluate", "--workdir", trained, "--checkpoint", "best")
+    code, out, _ = run_cli(capsys, "evaluate", "--workdir", trained, "--checkpoint", "best", "--split", "valid")
     scores = last_json(out)
     assert code == 0 and scores["step"] == valid[best]["step"] and scores["bleu"] == pytest.approx(bleus[best])
+    assert scores["data"].endswith("(validation split)") and scores["checkpoint"] == "best"
+    code, _, err = run_cli(capsys, "evaluate", "--workdir", trained, "--split", "test")
+    assert code == 1 and "the run has no test split (--test-fraction 0)" in err and err.count("\n") == 1
+    code, _, err = run_cli(capsys, "evaluate", "--workdir", trained, "--checkpoint", "averaged")
+    assert code == 1 and "no averaged checkpoint in this run; write one with `jaxseq average" in err
 
 
 # -- checkpoint averaging ------------------------------------------------------------------

@@ -267,8 +267,9 @@ def train_translate(run: Run, workdir: WorkdirLike, *, resume: bool = False, giv
 
 def evaluate_translate(workdir: WorkdirLike, data: str | None = None, *, beam: int | None = None,
                        alpha: float | None = None, max_len_a: float | None = None, max_len_b: int | None = None,
-                       checkpoint: str | None = None, allow_data_change: bool = False) -> dict:
-    """Loss, corpus BLEU, chrF and exact match of the run's model on ``data`` (TSV pairs) or its validation split.
+                       checkpoint: str | None = None, split: str = "valid", allow_data_change: bool = False) -> dict:
+    """Loss, corpus BLEU, chrF and exact match of the run's model on ``data`` (TSV pairs) or its ``split``
+    (``valid`` or ``test``: the run's own held-out pairs).
 
     Decoding is greedy unless ``beam`` > 1 (then beam search with length
     penalty ``alpha``, default the run's ``--length-penalty``); outputs are at
@@ -289,9 +290,12 @@ def evaluate_translate(workdir: WorkdirLike, data: str | None = None, *, beam: i
     fingerprint = None
     if data is None:
         loaded_data = _load_data(run, vocabs)
-        pairs, source = loaded_data.valid, f"{run.data.data} (validation split)"
+        if split not in ("valid", "test"):
+            raise ConfigError(f"--split must be valid or test, got {split!r}")
+        name = {"valid": "validation", "test": "test"}[split]
+        pairs, source = loaded_data.split(split), f"{run.data.data} ({name} split)"
         if not pairs:
-            raise DataError(f"{workdir}: the run has no validation split (--valid-fraction 0); give --data PAIRS.tsv")
+            raise DataError(f"{workdir}: the run has no {name} split (--{split}-fraction 0); give --data PAIRS.tsv")
         fingerprint = None if allow_data_change else _data_fingerprint(loaded_data)
     else:
         raw, source = tr.pair_bytes(data, run.dates)
