@@ -147,7 +147,7 @@ def test_patience_stops_early_and_keeps_the_best_bleu_checkpoint(trained, capsys
     results = json.loads((trained / "results.json").read_text())
     valid = [json.loads(line) for line in (trained / "metrics.jsonl").read_text().splitlines()]
     valid = [r for r in valid if r["split"] == "valid"]
-    assert results["step"] < 400 and results["step"] == valid[-1]["step"]
+    assert results["step"] < 400 and results["step"] == valid[-1]["step"] and results["stopped_early"]
     bleus = [r["bleu"] for r in valid]
     best = int(np.argmax(bleus))                 # the first best; then --patience 2 validations without a better one
     assert len(bleus) == best + 3 and max(bleus[best + 1:]) <= bleus[best]

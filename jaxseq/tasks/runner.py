@@ -351,6 +351,8 @@ def _train_neural(task: Task, run: Run, data: Any, vocabs: dict[str, Vocab], wor
 
     step = int(jax.device_get(result.state.step))
     results = {"model": spec.name, "step": step, "valid": result.valid, "train_seconds": result.seconds, **before}
+    if result.stopped_early:
+        results["stopped_early"] = True               # by --patience
     if result.interrupted is not None:
         results["interrupted"] = int(result.interrupted)
         echo(f"stopped by signal {result.interrupted} at step {step}; checkpoint saved; continue with --resume")
