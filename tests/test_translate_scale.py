@@ -120,7 +120,8 @@ def test_token_budget_run_logs_its_non_padding_fraction(trained, capsys):
 # -- tied embeddings -----------------------------------------------------------------------
 
 def test_tied_embeddings_share_the_tables_and_the_output_projection(trained):
-    params = runner.load(trained, translate_task.TASK).params           # --tie-embeddings output
+    loaded = runner.load(trained, translate_task.TASK)
+    params = loaded.params                                              # --tie-embeddings output
     assert "out" not in params and {"src_embedder", "tgt_embedder"} <= set(params)
     for tie, tables in (("all", {"embedder"}), ("none", {"src_embedder", "tgt_embedder", "out"})):
         model = translate_task.build_translation_model("transformer", 12, 12, d_model=16, heads=2, ffn=32,
@@ -129,7 +130,6 @@ def test_tied_embeddings_share_the_tables_and_the_output_projection(trained):
                  "tgt_in": jnp.zeros((2, 8), jnp.int32)}
         shapes = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), batch)["params"])   # nothing compiled
         assert tables <= set(shapes) and not ({"src_embedder", "embedder", "out"} - tables) & set(shapes)
-    loaded = runner.load(trained, translate_task.TASK)
     model, p = loaded.model, loaded.params
     batch = {"src": np.array([[3, 4, 2, 0, 0, 0, 0, 0]], np.int32), "src_len": np.array([3], np.int32),
              "tgt_in": np.array([[1, 5, 6, 0, 0, 0, 0, 0]], np.int32)}
@@ -180,14 +180,15 @@ def test_average_of_identical_checkpoints_is_the_same_model(trained, pairs_file,
     assert jax.tree_util.tree_all(jax.tree_util.tree_map(lambda a, b: bool(np.array_equal(a, b)),
                                                          one.params, avg.params))     # the same model, bit for bit
     # the mean of different checkpoints, against NumPy
-    steps = sorted(int(p.name) for p in (trained / "checkpoints").iterdir() if p.name.isdigit())[-3:]
+    steps = sorted(int(p.name) for p in (trained / "checkpoints").iterdir() if p.name.isdigit())[:2]
     code, _, _ = run_cli(capsys, "average", "--workdir", workdir, "--steps", ",".join(map(str, steps)))
     assert code == 0
     trees = [runner.load(workdir, translate_task.TASK, checkpoint=str(s)).params for s in steps]
     avg = runner.load(workdir, translate_task.TASK, checkpoint="averaged").params
     for path_leaves in zip(*(jax.tree_util.tree_leaves(t) for t in trees), jax.tree_util.tree_leaves(avg)):
         *parts, mean = (np.asarray(x, np.float64) for x in path_leaves)
-        np.testing.assert_allclose(mean, sum(parts) / 3, rtol=1e-6, atol=1e-7)
+        assert not np.array_equal(parts[0], parts[1]) or not parts[0].any()     # different checkpoints
+        np.testing.assert_allclose(mean, sum(parts) / 2, rtol=1e-6, atol=1e-7)
 
 
 @pytest.mark.parametrize("field, value, message", [
@@ -249,8 +250,6 @@ def test_max_len_a_b_and_output_limit(trained, tmp_path, capsys):
                            "--max-len-b", "1")                              # floor(0.125 x 8 + 1) = 2 tokens
     lines = out.splitlines()
     assert code == 0 and len(lines) == 2 and all(len(line.split()) <= 2 for line in lines), lines
-    full = translate_task.translate_file(trained, source, progress=False)
-    assert [line.split()[:2] for line in full] == [line.split() for line in lines]   # the same outputs, cut
 
 
 def test_file_translation_keeps_empty_lines_in_place(trained, tmp_path, capsys):
