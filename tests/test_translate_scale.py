@@ -60,13 +60,7 @@ def trained(tmp_path_factory, pairs_file):
 
 # -- token-budget batches ----------------------------------------------------------------
 
-def _encoded(pairs_file):
-    data = tr.load_translation(tr.TranslationDataConfig(data=str(pairs_file), min_freq=1, max_len=8,
-                                                        buckets="step8", valid_fraction=0, test_fraction=0))
-    return data.encoded("train")
-
-
-def test_token_batches_cover_each_pair_once_within_the_budget_and_resume_exactly(pairs_file):
+def test_token_batches_cover_each_pair_once_within_the_budget_and_resume_exactly():
     pairs = tr.encode_pairs([tr.Pair(["w"] * n, ["v"] * m, 0) for n in range(1, 20) for m in (1, 9, 19)],
                             Vocab.build(["w"], reserved_tokens=DEFAULT_RESERVED),
                             Vocab.build(["v"], reserved_tokens=DEFAULT_RESERVED), 24)
@@ -168,7 +162,7 @@ def _copy_step(workdir, step: int, new: int):
     shutil.copytree(workdir / "checkpoints" / str(step), workdir / "checkpoints" / str(new))
 
 
-def test_average_of_identical_checkpoints_is_the_same_model(trained, pairs_file, tmp_path, capsys):
+def test_average_of_identical_checkpoints_is_the_same_model(trained, tmp_path, capsys):
     workdir = tmp_path / "copy"
     shutil.copytree(trained, workdir)
     step = json.loads((trained / "results.json").read_text())["step"]
