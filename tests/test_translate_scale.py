@@ -213,17 +213,17 @@ def test_averaging_refuses_checkpoints_of_another_model(trained, tmp_path, capsy
 def test_beam_scores_follow_the_gnmt_length_penalty(trained):
     loaded = runner.load(trained, translate_task.TASK)
     vocab = loaded.vocabs[translate_task.TGT]
-    batch = {"src": np.array([[3, 4, 2, 0, 0, 0, 0, 0], [5, 2, 0, 0, 0, 0, 0, 0]], np.int32),
-             "src_len": np.array([3, 2], np.int32)}
-    alpha = 0.8
-    out = decode.beam_search(loaded.model, loaded.params, batch, bos=vocab.bos, eos=vocab.eos, max_len=8, beam=3,
+    batch = {"src": np.array([[3, 4, 2, 0, 0, 0, 0, 0], [5, 2, 0, 0, 0, 0, 0, 0], [6, 7, 8, 9, 2, 0, 0, 0]],
+                             np.int32), "src_len": np.array([3, 2, 5], np.int32)}
+    alpha = 0.8         # (B, S, beam, max_len) as in the file test below: one compilation for both
+    out = decode.beam_search(loaded.model, loaded.params, batch, bos=vocab.bos, eos=vocab.eos, max_len=8, beam=2,
                              alpha=alpha)
     lengths = np.asarray(out.lengths, np.float64)
     np.testing.assert_allclose(np.asarray(out.scores, np.float64),
                                np.asarray(out.log_probs, np.float64) / ((5 + lengths) / 6) ** alpha, rtol=1e-6)
     # log P(y | x) of the chosen outputs, teacher-forced, in NumPy
     tokens = np.asarray(out.tokens)
-    tgt_in = np.concatenate([np.full((2, 1), vocab.bos), tokens[:, :-1]], axis=1).astype(np.int32)
+    tgt_in = np.concatenate([np.full((3, 1), vocab.bos), tokens[:, :-1]], axis=1).astype(np.int32)
     logits, _ = loaded.model.apply({"params": loaded.params}, dict(batch, tgt_in=jnp.asarray(tgt_in)))
     logits = np.asarray(logits, np.float64)
     top = logits.max(-1, keepdims=True)
