@@ -114,7 +114,7 @@ class TranslationModelConfig(Config):
                             "also on embeddings and sublayer outputs", minimum=0.0, below=1.0)
     tie_embeddings: str = option("none", "transformer: output: the output projection is the target embedding "
                                  "(logits = y E^T / sqrt(d)); all: also one embedding table for source and "
-                                 "target (needs one joint vocabulary for both languages); none: separate",
+                                 "target (needs --joint-vocab); none: separate",
                                  choices=TIE_CHOICES)
 
 

@@ -33,6 +33,7 @@ from jaxseq import config as config_lib
 from jaxseq import hardware, parallel
 from jaxseq import train as trainer
 from jaxseq.checkpoint import Checkpointer, checkpoint_steps
+from jaxseq.data.subword import tokenizer_file
 from jaxseq.data.text import warn
 from jaxseq.data.vocab import Vocab
 from jaxseq.errors import CheckpointError, ConfigError
@@ -234,7 +235,7 @@ class Task(abc.ABC):
 def manifest(run: Run, vocabs: dict[str, Vocab], params: Any, data: str | None) -> Manifest:
     """The manifest of a checkpoint of ``run`` (``params`` may be abstract shapes)."""
     model = {name: config_lib.to_dict(run.sections[name]) for name in ("model",) + run.spec.sections}
-    vocab = {name: v.fingerprint() for name, v in vocabs.items()}
+    vocab = {k: fp for name, v in vocabs.items() for k, fp in v.fingerprints(name).items()}
     return Manifest(task=run.task, model=model, vocab=vocab, params=tree_signature(params), data=data)
 
 
@@ -285,7 +286,7 @@ def train(task: Task, run: Run, workdir: WorkdirLike, *, resume: bool = False, r
         echo(f"data: {task.describe_data(data)}")
         task.check_data(run, data)
         if restart:
-            workdir.discard_run(task.vocab_files)
+            workdir.discard_run(task.vocab_files + tuple(tokenizer_file(n) for n in task.vocab_files))
         save_config = lambda: workdir.save_config(config)
         if not (resume and run.spec.neural):
             save_config()

@@ -188,7 +188,7 @@ class TranslateTask(runner.Task):
         if tie == "all" and data.src_vocab.fingerprint() != data.tgt_vocab.fingerprint():
             raise ConfigError(f"--tie-embeddings all shares one embedding table between the languages, but their "
                               f"vocabularies differ (source {len(data.src_vocab)} / target {len(data.tgt_vocab)} "
-                              "tokens); give them one joint vocabulary or use --tie-embeddings output")
+                              "tokens); give them one with --joint-vocab or use --tie-embeddings output")
 
     def example_batch(self, run: Run) -> dict[str, np.ndarray]:
         widths = tr.bucket_widths(run.data.max_len, run.data.buckets)
