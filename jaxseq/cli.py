@@ -4,7 +4,8 @@
     jaxseq train translate   [flags]    train a translation model
     jaxseq evaluate  --workdir DIR      perplexity / BLEU of a trained run (last line: JSON)
     jaxseq generate  --workdir DIR --prefix TEXT --length N
-    jaxseq translate --workdir DIR [TEXT ... | --input FILE]
+    jaxseq translate --workdir DIR [TEXT ... | --input FILE | --file IN.txt --out OUT.txt]
+    jaxseq average   --workdir DIR --last K | --steps a,b,c    average checkpoints (--checkpoint averaged)
     jaxseq inspect   --workdir DIR | lm|translate [flags]   what the train step compiles to (--what, --out)
     jaxseq stats     [--data PATH]      n-gram statistics and a Zipf plot
     jaxseq prepare   --data CORPUS --out DIR [tokenization flags]   token shards for `train lm --data DIR`
@@ -132,6 +133,9 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--data", default=None, help="a text file (LM) or TSV pairs (translation) to evaluate on "
                     "(default: the run's validation split)")
     ev.add_argument("--beam", type=int, default=None, help="translation: beam size for BLEU (default: greedy)")
+    ev.add_argument("--split", choices=("valid", "test"), default=None,
+                    help="translation, without --data: score the run's held-out validation (default) or test pairs")
+    _add_decoding_flags(ev, defaults_from_run=True)
     ev.add_argument("--eval-context", choices=("stream", "window"), default=None,
                     help="language models with a recurrent state: carry it through the text (stream) or reset "
                     "it every --seq-len tokens (window); default: the run's --eval-context (stream; a run saved before "
@@ -151,13 +155,24 @@ def build_parser() -> argparse.ArgumentParser:
     tl.add_argument("--workdir", type=Path, required=True)
     tl.add_argument("text", nargs="*", help="sentences to translate")
     tl.add_argument("--input", type=Path, default=None, help="a file with one sentence per line")
+    tl.add_argument("--file", type=Path, default=None, help="translate this file line for line (an empty line "
+                    "gives an empty line), in batches with a progress bar; see --out")
+    tl.add_argument("--out", type=Path, default=None, help="with --file: write the translations here "
+                    "(default: standard output)")
     tl.add_argument("--beam", type=int, default=1, help="beam size (1 = greedy)")
-    tl.add_argument("--alpha", type=float, default=0.6, help="beam length normalisation exponent")
-    tl.add_argument("--max-len", type=int, default=None, help="longest output (default: the run's --max-len)")
+    tl.add_argument("--max-len", "--max-len-b", dest="max_len", type=int, default=None,
+                    help="longest output, or b of --max-len-a (default: the run's --max-len)")
+    _add_decoding_flags(tl, defaults_from_run=False)
     tl.add_argument("--show-attention", type=Path, default=None,
                     help="write the attention heatmap of the first sentence to this PNG (transformer: "
                          "cross-attention per layer and head, self-attention to PNG.encoder.png and "
                          "PNG.decoder.png)")
+
+    avg = commands.add_parser("average", help="average the parameters of a run's last checkpoints into "
+                              "checkpoints/averaged (evaluate/translate --checkpoint averaged)")
+    avg.add_argument("--workdir", type=Path, required=True)
+    avg.add_argument("--last", type=int, default=None, help="average the K newest complete checkpoints")
+    avg.add_argument("--steps", default=None, help="average these steps (comma-separated: 1000,2000,3000)")
 
     _add_inspect(commands)
 
@@ -178,6 +193,25 @@ def build_parser() -> argparse.ArgumentParser:
     fetch.add_argument("--url", default=None, help="a mirror to download from (the checksum still applies)")
     fetch.add_argument("--force", action="store_true", help="download again even if cached")
     return parser
+
+
+def _add_decoding_flags(parser, *, defaults_from_run: bool) -> None:
+    """Translation decoding: length penalty, output length a x S + b, which checkpoint."""
+    from jaxseq.tasks.runner import CHECKPOINT_CHOICES
+    run_default = "the run's --length-penalty" if defaults_from_run else "0.6"
+    parser.add_argument("--length-penalty", "--alpha", dest="alpha", type=float,
+                        default=None if defaults_from_run else 0.6,
+                        help=f"translation: GNMT length penalty of beam search, log P / ((5 + |Y|) / 6)^alpha "
+                        f"(default: {run_default})")
+    parser.add_argument("--max-len-a", type=float, default=None if defaults_from_run else 0.0,
+                        help="translation: longest output a x S + b tokens, S the padded source width "
+                        "(fairseq's convention; default: the run's, 0)")
+    if defaults_from_run:
+        parser.add_argument("--max-len-b", type=int, default=None, help="translation: b of --max-len-a "
+                            "(default: the run's, its --max-len)")
+    parser.add_argument("--checkpoint", default=None, metavar="|".join(CHECKPOINT_CHOICES) + "|STEP",
+                        help="which checkpoint: latest (default), best (--keep-best), averaged (jaxseq "
+                        "average) or a step number")
 
 
 def _add_inspect(commands) -> None:
@@ -309,6 +343,12 @@ def _cmd_evaluate(args) -> int:
     task = workdir.require_any()
     if task == "lm":
         from jaxseq.tasks import lm
+        given = [flag for flag, value in (("--length-penalty", args.alpha), ("--max-len-a", args.max_len_a),
+                                          ("--max-len-b", args.max_len_b), ("--checkpoint", args.checkpoint),
+                                          ("--split", args.split)) if value is not None]
+        if given:
+            from jaxseq.errors import ConfigError
+            raise ConfigError(f"{', '.join(given)}: for translation runs; this is a language-model run")
         result = lm.evaluate_lm(workdir, args.data, allow_data_change=args.allow_data_change,
                                 context=args.eval_context)
     else:
@@ -316,7 +356,12 @@ def _cmd_evaluate(args) -> int:
             from jaxseq.errors import ConfigError
             raise ConfigError("--eval-context is for language models; this is a translation run")
         from jaxseq.tasks import translate
-        result = translate.evaluate_translate(workdir, args.data, beam=args.beam,
+        if args.split is not None and args.data is not None:
+            from jaxseq.errors import ConfigError
+            raise ConfigError("--split picks one of the run's own splits; give it or --data, not both")
+        result = translate.evaluate_translate(workdir, args.data, beam=args.beam, alpha=args.alpha,
+                                              max_len_a=args.max_len_a, max_len_b=args.max_len_b,
+                                              checkpoint=args.checkpoint, split=args.split or "valid",
                                               allow_data_change=args.allow_data_change)
     print(json.dumps(result, sort_keys=True))
     return 0
@@ -335,10 +380,35 @@ def _cmd_translate(args) -> int:
     from jaxseq.tasks import translate
     from jaxseq.workdir import Workdir
 
+    if args.file is not None:
+        from jaxseq.errors import ConfigError
+        if args.text or args.input is not None or args.show_attention is not None:
+            raise ConfigError("--file translates a whole file; give no sentences, --input or --show-attention "
+                              "with it")
+        lines = translate.translate_file(Workdir(args.workdir), args.file, args.out, beam=args.beam,
+                                         alpha=args.alpha, max_len=args.max_len, max_len_a=args.max_len_a,
+                                         checkpoint=args.checkpoint)
+        if args.out is None:
+            sys.stdout.write("".join(line + "\n" for line in lines))
+        else:
+            print(f"translated {len(lines)} lines of {args.file} into {args.out}", file=sys.stderr)
+        return 0
+    if args.out is not None:
+        from jaxseq.errors import ConfigError
+        raise ConfigError("--out goes with --file IN.txt")
     for line in translate.translate_texts(Workdir(args.workdir), args.text, input_file=args.input,
                                           beam=args.beam, alpha=args.alpha, max_len=args.max_len,
+                                          max_len_a=args.max_len_a, checkpoint=args.checkpoint,
                                           show_attention=args.show_attention):
         print(line)
+    return 0
+
+
+def _cmd_average(args) -> int:
+    from jaxseq.averaging import average_checkpoints, parse_steps
+
+    steps = None if args.steps is None else parse_steps(args.steps)
+    average_checkpoints(args.workdir, last=args.last, steps=steps)
     return 0
 
 
@@ -406,8 +476,9 @@ def main(argv: list | None = None) -> int:
     _configure_logging()
     from jaxseq.errors import JaxseqError
 
-    handlers = {"inspect": _cmd_inspect, "evaluate": _cmd_evaluate, "generate": _cmd_generate, "translate": _cmd_translate,
-                "stats": _cmd_stats, "data": _cmd_data, "prepare": _cmd_prepare}
+    handlers = {"inspect": _cmd_inspect, "evaluate": _cmd_evaluate, "generate": _cmd_generate,
+                "translate": _cmd_translate, "stats": _cmd_stats, "data": _cmd_data, "prepare": _cmd_prepare,
+                "average": _cmd_average}
     try:
         if args.command == "train":
             spec = _train_spec(args)

@@ -17,6 +17,7 @@ The rules of a field are declared once, on the field, with :func:`option`:
 ``governs``    the section's other settings depend on this one: when the user gives it, a model's
                registered defaults for that section are not applied (``--optimizer``)
 ``flag``       the flag name, when it is not derived from the field name
+``aliases``    further flag names accepted for the field (an older name kept working)
 
 :func:`check_fields` checks every field of a config against them (``None`` is
 allowed where the type is optional) and writes the flag's name in the error;
@@ -44,7 +45,7 @@ T = TypeVar("T")
 def option(default: Any, help: str, *, choices: typing.Sequence[Any] | None = None, flag: str | None = None,
            minimum: float | None = None, above: float | None = None, below: float | None = None,
            maximum: float | None = None, resumable: bool = False, excludes: str | None = None,
-           governs: bool = False, legacy: Any = dataclasses.MISSING) -> Any:
+           governs: bool = False, legacy: Any = dataclasses.MISSING, aliases: typing.Sequence[str] = ()) -> Any:
     """A dataclass field with its help, its rules and the metadata the CLI needs.
 
     ``legacy``: the value a saved config that predates the field meant (when
@@ -52,6 +53,8 @@ def option(default: Any, help: str, *, choices: typing.Sequence[Any] | None = No
     callable gets the saved section's dict and returns that value.
     """
     meta: dict[str, Any] = {"help": help, "resumable": resumable, "governs": governs}
+    if aliases:
+        meta["aliases"] = tuple(aliases)
     if legacy is not dataclasses.MISSING:
         meta["legacy"] = legacy
     for key, value in (("choices", None if choices is None else tuple(choices)), ("flag", flag), ("excludes", excludes),
@@ -202,7 +205,7 @@ def add_arguments(parser: argparse.ArgumentParser | argparse._ArgumentGroup, cls
                 kwargs["choices"] = field.metadata["choices"]
             kwargs["metavar"] = field.name.upper()
         kwargs.update(extra.get(field.name, {}))
-        parser.add_argument(flag_name(field), **kwargs)
+        parser.add_argument(flag_name(field), *field.metadata.get("aliases", ()), **kwargs)
 
 
 def from_args(cls: type[T], args: argparse.Namespace, **overrides: Any) -> T:

@@ -182,7 +182,7 @@ def check_decode_args(max_len: int, beam: int = 1, alpha: float = 0.0) -> None:
     if beam < 1:
         raise ConfigError(f"--beam must be at least 1, got {beam}")
     if not alpha >= 0:
-        raise ConfigError(f"--alpha must be >= 0, got {alpha}")
+        raise ConfigError(f"--length-penalty (--alpha) must be >= 0, got {alpha}")
 
 
 def check_decode_length(model: nn.Module, max_len: int) -> None:

@@ -1,4 +1,4 @@
-"""Perplexity, accuracy, exact match and BLEU (corpus BLEU via sacrebleu; D2L's sentence BLEU).
+"""Perplexity, accuracy, exact match, BLEU and chrF (corpus BLEU and chrF via sacrebleu; D2L's sentence BLEU).
 
 Perplexity is the exponential of the mean negative log-likelihood per token::
 
@@ -69,6 +69,25 @@ def corpus_bleu(hypotheses: Sequence[str], references: Sequence[str]) -> float:
     from sacrebleu.metrics import BLEU
 
     return float(BLEU(tokenize="none", force=True).corpus_score(list(hypotheses), [list(references)]).score)
+
+
+def corpus_chrf(hypotheses: Sequence[str], references: Sequence[str]) -> float:
+    """sacrebleu's corpus chrF (0-100; Popovic, 2015), one reference each.
+
+    Character n-grams up to 6 (spaces removed, so the tokenisation of the
+    strings hardly matters), ``beta = 2``::
+
+        chrF = (1 + beta^2) chrP chrR / (beta^2 chrP + chrR)
+
+    with chrP, chrR the n-gram precision and recall averaged over n. An empty corpus scores 0.
+    """
+    if len(hypotheses) != len(references):
+        raise ValueError(f"{len(hypotheses)} hypotheses but {len(references)} references")
+    if not hypotheses:
+        return 0.0
+    from sacrebleu.metrics import CHRF
+
+    return float(CHRF().corpus_score(list(hypotheses), [list(references)]).score)
 
 
 def bleu(pred: str, label: str, k: int = 2) -> float:

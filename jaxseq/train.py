@@ -46,6 +46,7 @@ from jaxseq.profiling import StepProfiler, parse_window
 
 Array = jax.Array
 Batch = dict[str, Any]
+BEST_METRICS = ("loss", "bleu", "chrf")
 
 
 @dataclass(frozen=True)
@@ -65,7 +66,13 @@ class TrainConfig(Config):
     async_checkpoint: bool = option(False, "write checkpoints in the background (Orbax async): the loop waits only "
                                     "for the copy off the devices; a step counts once fully written",
                                     resumable=True)
-    keep_best: bool = option(False, "also keep the checkpoint with the lowest validation loss (checkpoints/best)")
+    keep_best: bool = option(False, "also keep the checkpoint with the best validation --best-metric "
+                             "(checkpoints/best)")
+    best_metric: str = option("loss", "validation metric that picks checkpoints/best and drives --patience: "
+                              "loss (lower is better), or bleu / chrf (translation, higher is better)",
+                              choices=BEST_METRICS)
+    patience: int | None = option(None, "stop early after this many validations in a row without a better "
+                                  "--best-metric (none: never)", minimum=1, resumable=True)
     label_smoothing: float = option(0.0, "label smoothing of the training loss", minimum=0.0, below=1.0)
     dtype: str = option("float32", "precision policy: float32, or bfloat16 = bf16 compute (matmuls, activations, "
                         "attention; softmax and recurrences in float32) with float32 parameters, optimizer "
@@ -301,6 +308,7 @@ class FitResult:
     valid: dict | None = None
     interrupted: int | None = None      # the signal number, if a signal stopped the run
     timed_out: bool = False             # --time-limit ended the run before total_steps
+    stopped_early: bool = False         # --patience ended the run before total_steps
     seconds: float = 0.0
     history: list[dict] = field(default_factory=list)
 
@@ -325,11 +333,21 @@ class _Periodic:
         self.pending: list[dict] = []
         self.streak = 0                  # consecutive non-finite steps seen on the host
         self.window = {"nll": 0.0, "tokens": 0.0, "time": time.perf_counter(), "skipped": 0, "wait": 0.0,
-                       "flops": 0.0, "positions": 0}
+                       "flops": 0.0, "positions": 0, "real": 0.0, "slots": 0.0}
+        # the best --best-metric score seen (higher is better: a loss negated; a resumed run's kept best) and
+        # the validations since it (--patience counts afresh after a resume)
+        kept = checkpointer.best_loss if checkpointer is not None and config.keep_best else math.inf
+        self.best, self.stale = -kept, 0
+        self.validated: int | None = None       # the step last validated
 
-    def count(self, batch: Batch, wait: float) -> None:
-        """Add a step's seconds waiting for its batch and its analytic FLOPs (by batch shape) to the window."""
+    def count(self, batch: Batch, wait: float, host_batch: Batch | None = None) -> None:
+        """Add a step's seconds waiting for its batch, its analytic FLOPs (by batch shape) and its real and
+        padded token slots (:func:`padding_counts`) to the window."""
         self.window["wait"] += wait
+        counts = None if host_batch is None else padding_counts(host_batch)
+        if counts is not None:
+            self.window["real"] += counts[0]
+            self.window["slots"] += counts[1]
         if self.flops_fn is not None:
             key = tuple((k, tuple(v.shape) if hasattr(v, "shape") else np.shape(v)) for k, v in batch.items())
             if key not in self._flops:
@@ -343,6 +361,8 @@ class _Periodic:
         ``tflops_per_s`` per device and ``mfu`` (with a peak)."""
         window = self.window
         out = {"data_wait_fraction": min(window["wait"] / elapsed, 1.0)}
+        if window["slots"]:
+            out["nonpad_fraction"] = window["real"] / window["slots"]
         if window["flops"]:
             per_device = window["flops"] / elapsed / self.mesh.devices.size
             out.update(flops_per_token=window["flops"] / max(window["positions"], 1),
@@ -379,7 +399,8 @@ class _Periodic:
         shown = {"mfu": f"{record['mfu']:.1%}"} if "mfu" in record else {}
         self.bar.set_postfix(loss=f"{loss:.3f}", ppl=f"{record['perplexity']:.2f}",
                              tok_s=f"{record['tokens_per_s']:.0f}", **shown, refresh=False)
-        window.update(nll=0.0, tokens=0.0, time=now, skipped=0, wait=0.0, flops=0.0, positions=0)
+        window.update(nll=0.0, tokens=0.0, time=now, skipped=0, wait=0.0, flops=0.0, positions=0, real=0.0,
+                      slots=0.0)
 
     def _nonfinite_stop(self, streak_start: int, count: int) -> None:
         last = self.checkpointer.latest_step() if self.checkpointer else None
@@ -391,9 +412,22 @@ class _Periodic:
         raise TrainingError(f"step {streak_start}: the loss or gradients became non-finite ({count} steps in a "
                             f"row, each skipped); {where}, or check the data")
 
+    def score(self, record: dict) -> float | None:
+        """The record's ``--best-metric`` as higher-is-better (the negated loss), or None if it lacks it."""
+        metric = self.config.best_metric
+        value = record.get("nll" if metric == "loss" else metric)
+        if value is None or not np.isfinite(value):
+            return None
+        return -float(value) if metric == "loss" else float(value)
+
+    def exhausted(self) -> bool:
+        """Whether ``--patience`` validations in a row brought no better ``--best-metric``."""
+        return self.config.patience is not None and self.stale >= self.config.patience
+
     def validate(self, state: TrainState, step: int) -> None:
-        if not self.valid_batches:
+        if not self.valid_batches or self.validated == step:
             return
+        self.validated = step
         self.flush(step)
         t = time.perf_counter()
         record = evaluate(self.eval_fn, state.params, self.valid_batches, self.mesh, self.eval_carry)
@@ -401,9 +435,16 @@ class _Periodic:
             record.update(self.extra_eval(state.params))
         record.update(step=step, split="valid", wall_time=time.perf_counter() - self.t0)
         self.result.valid = record
-        if self.checkpointer is not None and self.config.keep_best and np.isfinite(record["nll"]):
-            self.checkpointer.save_best(step, record["nll"], state, self.batches.get_state(),
-                                        dict(self.manifest or {}, step=step))
+        score = self.score(record)
+        if score is None and self.config.best_metric != "loss":
+            raise ConfigError(f"--best-metric {self.config.best_metric}: validation reports no "
+                              f"{self.config.best_metric} for this task; use --best-metric loss")
+        if score is not None:
+            self.best, self.stale = (score, 0) if score > self.best else (self.best, self.stale + 1)
+        if self.checkpointer is not None and self.config.keep_best and score is not None:
+            # save_best keeps the lowest value: the loss, or the negated BLEU / chrF
+            self.checkpointer.save_best(step, -score, state, self.batches.get_state(),
+                                        dict(self.manifest or {}, step=step, best_metric=self.config.best_metric))
         self.metrics_log.write(record)
         self.result.history.append(record)
         shown = ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
@@ -421,6 +462,25 @@ class _Periodic:
         record = {"step": step, "split": "checkpoint", "checkpoint_blocked_s": self.checkpointer.last_blocked_s,
                   "wall_time": time.perf_counter() - self.t0}
         self.metrics_log.write(record)
+
+
+def padding_counts(batch: Batch) -> tuple[float, float] | None:
+    """``(real tokens, token slots)`` of a host batch, padding included, or None without ``weights``.
+
+    Targets count their weighted positions; a batch with ``src`` and
+    ``src_len`` (translation) adds the sources of its real rows (rows with
+    any weight) and every source slot.
+    """
+    weights = batch.get("weights")
+    if weights is None:
+        return None
+    weights = np.asarray(weights)
+    real, slots = float(weights.sum()), float(weights.size)
+    if "src" in batch and "src_len" in batch:
+        rows = weights.reshape(weights.shape[0], -1).sum(axis=1) > 0
+        real += float(np.asarray(batch["src_len"])[rows].sum())
+        slots += float(np.asarray(batch["src"]).size)
+    return real, slots
 
 
 def _due(every: int, step: int, total: int) -> bool:
@@ -478,7 +538,7 @@ def fit(model: nn.Module, state: TrainState, tx: optax.GradientTransformation, b
                 waited = time.perf_counter()
                 host_batch = next(batches)
                 batch = parallel.shard_batch(host_batch, mesh)
-                actions.count(batch, time.perf_counter() - waited)     # global shapes: the FLOPs of every host
+                actions.count(batch, time.perf_counter() - waited, host_batch)   # global shapes: every host's FLOPs
                 with profiler.annotate(step):
                     state, metrics = step_fn(state, batch)
                 actions.pending.append(metrics)
@@ -494,6 +554,11 @@ def fit(model: nn.Module, state: TrainState, tx: optax.GradientTransformation, b
                     break                             # validated and saved below, as a last step
                 if _due(config.eval_every, step, total_steps):
                     actions.validate(state, step)
+                    if actions.exhausted():
+                        actions.echo(f"step {step}: no better validation {config.best_metric} in "
+                                     f"{config.patience} validations (--patience); stopping early")
+                        result.stopped_early = True
+                        break                         # saved below, as a last step
                 if _due(config.checkpoint_every, step, total_steps):
                     actions.save(state, step)
                 if stop.received is not None:

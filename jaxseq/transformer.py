@@ -237,6 +237,12 @@ class Embedder(nn.Module):
             x = x + jnp.take(table, positions, axis=0, mode="clip")
         return self.drop(x, deterministic=not train) if self.dropout > 0 else x
 
+    def attend(self, y: Array) -> Array:
+        """``y`` ``(..., D)`` -> ``y E^T`` ``(..., V)``: scores against every token's embedding (tied outputs)."""
+        lead = y.shape[:-1]
+        table = jnp.asarray(self.embed.embedding, self.dtype)
+        return (y.reshape(-1, y.shape[-1]).astype(self.dtype) @ table.T).reshape(*lead, self.vocab_size)
+
 
 class _Residual(nn.Module):
     """One sublayer's residual connection and layer norm (post- or pre-norm)."""

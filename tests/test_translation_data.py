@@ -262,7 +262,8 @@ def make_data(tmp_path, n=203, **kw):
     return tr.load_translation(config(path, **kw), seed=3)
 
 
-@pytest.mark.parametrize("buckets, widths", [("pow2", (8, 16, 24)), ("step8", (8, 16, 24)), ("none", (24,))])
+@pytest.mark.parametrize("buckets, widths", [("pow2", (8, 16, 24)), ("step8", (8, 16, 24)),
+                                            ("step4", (8, 12, 16, 20, 24)), ("none", (24,))])
 def test_bucketing_covers_every_pair_once_with_declared_shapes(tmp_path, buckets, widths):
     data = make_data(tmp_path, buckets=buckets)
     assert data.widths == widths

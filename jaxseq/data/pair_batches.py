@@ -34,9 +34,32 @@ Bucketing
     ``buckets="pow2"`` uses 8, 16, 32, ... capped at ``max_len`` (about
     ``log2(max_len) - 2`` widths a side, padding below 2x); ``step8``
     multiples of 8 (less padding, ``max_len / 8`` widths a side, more
-    compilations); ``none`` always ``max_len`` (one shape, D2L's layout, most
+    compilations); ``step4`` 8, 12, 16, ... (multiples of 4 from 8: less padding
+    still, ``max_len / 4 - 1`` widths); ``none`` always ``max_len`` (one shape, D2L's layout, most
     padding). The widths of a batch are chosen from the whole global batch,
     so every host of a multi-host run builds the same shape.
+
+Token budgets (``--batch-tokens N``, :class:`TokenBatches`)
+    Instead of ``B`` pairs a batch holds about ``N`` tokens, source plus
+    target, padding included, as fairseq and the Flax wmt example batch. A
+    pair goes to the bucket of width ``w = fit_width(max(src_len, tgt_len))``
+    and a batch of that bucket is ``(R_w, w)`` on both sides with::
+
+        R_w = floor(N / (2 w) / D) * D        (D: devices; R_w * 2 w <= N)
+
+    so there is one shape (one compilation) per width and every batch splits
+    evenly over the devices. Each epoch deals a seeded permutation of every
+    bucket into batches of ``R_w`` rows (the last one of a bucket filled up
+    with ``index`` -1 rows, as above) and shuffles the order of all batches;
+    the number of batches per epoch is the same for every epoch, so the
+    iterator resumes from ``(epoch, index)`` like :class:`TranslationBatches`.
+    ``nonpad_fraction`` is the share of the ``R_w * 2 w`` slots of an epoch
+    that hold real tokens: on the 162k fra-eng training pairs at ``--max-len
+    24`` and ``N = 4096``, 0.69 with ``pow2``/``step8`` widths (8, 16, 24: 3
+    shapes) and 0.80 with ``step4`` (8, 12, 16, 20, 24: 5 shapes), against
+    0.72 for length-sorted batches of 64 pairs (``--batch-size``, up to 9
+    shapes); separate source and target widths would reach 0.83 but with 21
+    shapes.
 """
 
 from __future__ import annotations
@@ -53,7 +76,7 @@ from jaxseq.data.vocab import BOS, EOS, PAD, Vocab
 from jaxseq.errors import ConfigError, DataError
 
 Batch = dict[str, np.ndarray]
-BUCKET_CHOICES = ("pow2", "step8", "none")
+BUCKET_CHOICES = ("pow2", "step8", "step4", "none")
 BATCH_STREAM = 2        # fold_rng(seed, BATCH_STREAM, epoch) orders an epoch's batches
 
 
@@ -177,6 +200,8 @@ def bucket_widths(max_len: int, buckets: str = "pow2") -> tuple[int, ...]:
             w *= 2
     elif buckets == "step8":
         widths = list(range(8, max_len, 8))
+    elif buckets == "step4":
+        widths = list(range(8, max_len, 4))
     else:
         raise ConfigError(f"--buckets must be one of {', '.join(BUCKET_CHOICES)}, got {buckets!r}")
     return tuple(widths) + (max_len,)
@@ -241,6 +266,76 @@ class TranslationBatches(EpochBatches):
         if layout is None:
             layout = self.layout(epoch)
         return _host_rows(self.pairs.rows(layout[index], self.widths), self.rows)
+
+
+def token_rows(budget: int, widths: Sequence[int], devices: int = 1) -> dict[int, int]:
+    """Rows ``R_w = floor(budget / (2 w) / devices) * devices`` of a token-budget batch of width ``w``.
+
+    Refuses (ConfigError naming both numbers) a budget below the longest allowed pair (``2 max(widths)``
+    tokens, padding included) on each device.
+    """
+    longest = 2 * max(widths)
+    if budget // longest < devices:
+        where = (f" on each of the {devices} devices ({devices} x {longest} = {devices * longest})"
+                 if devices > 1 else "")
+        raise ConfigError(f"--batch-tokens {budget} is smaller than the longest allowed pair: {longest} tokens "
+                          f"(source and target of --max-len {max(widths)}, padding included){where}; "
+                          "raise --batch-tokens or lower --max-len")
+    return {w: budget // (2 * w) // devices * devices for w in widths}
+
+
+class TokenBatches(EpochBatches):
+    """Token-budget training batches (module docstring), one shape per bucket width, resumable.
+
+    Epoch ``e`` is a pure function of ``(seed, e)``; ``shard=(i, n)`` gives
+    host ``i`` of ``n`` its rows ``[i R/n, (i+1) R/n)`` of every global batch.
+    """
+
+    def __init__(self, pairs: EncodedPairs, *, batch_tokens: int, seed: int = 0,
+                 widths: Sequence[int] | None = None, devices: int = 1, shard: tuple[int, int] = (0, 1)):
+        super().__init__()
+        if len(pairs) == 0:
+            raise DataError("no training pairs to make batches of")
+        self.pairs, self.seed, self.shard, self.batch_tokens = pairs, seed, shard, batch_tokens
+        self.widths = tuple(widths) if widths is not None else bucket_widths(pairs.max_len)
+        self.row_counts = token_rows(batch_tokens, self.widths, devices)
+        longer = np.maximum(pairs.src_len, pairs.tgt_len)
+        bucket = np.searchsorted(np.asarray(self.widths), longer)          # index of the smallest width >= longer
+        bucket = np.minimum(bucket, len(self.widths) - 1)
+        self.members = {w: np.flatnonzero(bucket == i) for i, w in enumerate(self.widths)}
+        self.members = {w: m for w, m in self.members.items() if len(m)}
+        self._counts = {w: -(-len(m) // self.row_counts[w]) for w, m in self.members.items()}
+        real = int(pairs.src_len.sum()) + int(pairs.tgt_len.sum())
+        slots = sum(n * self.row_counts[w] * 2 * w for w, n in self._counts.items())
+        self.nonpad_fraction = real / slots
+
+    @property
+    def batches_per_epoch(self) -> int:
+        return sum(self._counts.values())
+
+    @property
+    def shapes(self) -> list[tuple[int, int]]:
+        """Every ``(rows, width)`` a batch may have (each is one compilation)."""
+        return [(self.row_counts[w], w) for w in self.members]
+
+    def layout(self, epoch: int) -> list[np.ndarray]:
+        """The epoch's global batches: one ``(R_w,)`` int64 array of pair indices each (-1 = filler)."""
+        rng = fold_rng(self.seed, BATCH_STREAM, epoch)
+        out = []
+        for w, members in self.members.items():
+            rows, order = self.row_counts[w], rng.permutation(members)
+            order = np.concatenate([order, np.full(self._counts[w] * rows - len(order), -1, np.int64)])
+            out.extend(order.reshape(-1, rows))
+        return [out[i] for i in rng.permutation(len(out)).tolist()]
+
+    def batch(self, epoch: int, index: int, layout: list[np.ndarray] | None = None) -> Batch:
+        """Batch ``index`` of ``epoch`` (this host's rows; the width is the batch's bucket's)."""
+        if layout is None:
+            layout = self.layout(epoch)
+        rows = layout[index]
+        width = fit_width(int(max(self.pairs.src_len[rows[rows >= 0]].max(),
+                                  self.pairs.tgt_len[rows[rows >= 0]].max())), self.widths)
+        return _host_rows(self.pairs.rows(rows, (width,)), shard_rows(len(rows), self.shard))
 
 
 def eval_batches(pairs: EncodedPairs, *, batch_size: int, widths: Sequence[int] | None = None,

@@ -50,8 +50,9 @@ import numpy as np
 from jaxseq.config import Config, option
 from jaxseq.data import tokens as tokens_lib
 from jaxseq.data.epochs import fold_rng
-from jaxseq.data.pair_batches import (BUCKET_CHOICES, Batch, EncodedPairs, SourceEncoding, TranslationBatches,
-                                      bucket_widths, check_vocab, decode_target, encode_pairs, encode_source,
+from jaxseq.data.pair_batches import (BUCKET_CHOICES, Batch, EncodedPairs, SourceEncoding, TokenBatches,
+                                      TranslationBatches, bucket_widths, check_vocab, decode_target, encode_pairs,
+                                      encode_source, token_rows,
                                       eval_batches, fit_width, source_batch)
 from jaxseq.data.pairs import (GENERATED_TASKS, ON_BAD_LINE_CHOICES, PREPROCESS_CHOICES, GeneratedTask, Pair,
                                first_two_warning, gc_paused, iter_pairs, normalize, pair_bytes, read_pairs,
@@ -68,7 +69,8 @@ __all__ = [
     "Pair", "iter_pairs", "read_pairs", "pair_bytes", "normalize", "tokenize", "summarize_skipped",
     "first_two_warning", "GeneratedTask", "GENERATED_TASKS", "PREPROCESS_CHOICES", "ON_BAD_LINE_CHOICES",
     # re-exported from jaxseq.data.pair_batches
-    "Batch", "EncodedPairs", "TranslationBatches", "SourceEncoding", "encode_pairs", "eval_batches",
+    "Batch", "EncodedPairs", "TranslationBatches", "TokenBatches", "token_rows", "SourceEncoding", "encode_pairs",
+    "eval_batches",
     "encode_source", "source_batch", "decode_target", "bucket_widths", "fit_width", "check_vocab",
     "BUCKET_CHOICES",
 ]
@@ -104,9 +106,15 @@ class TranslationDataConfig(Config):
                         "file order (train first, then valid, then test)", choices=SPLIT_CHOICES)
     valid_fraction: float = option(0.1, "fraction of the pairs held out for validation", minimum=0.0, below=1.0)
     test_fraction: float = option(0.1, "fraction of the pairs held out for testing", minimum=0.0, below=1.0)
-    batch_size: int = option(64, "pairs per batch (the global batch, over all devices and hosts)", minimum=1)
+    batch_size: int = option(64, "pairs per batch (the global batch, over all devices and hosts); with "
+                             "--batch-tokens only for validation and decoding", minimum=1)
+    batch_tokens: int | None = option(None, "training batches of about this many tokens (source + target, "
+                                      "padding included; the global budget, over all devices) instead of "
+                                      "--batch-size pairs: pairs bucketed by length, one batch shape per "
+                                      "--buckets width", minimum=1)
     buckets: str = option("pow2", "padded widths of a batch: pow2 (8, 16, 32, ... up to --max-len), step8 "
-                          "(multiples of 8) or none (always --max-len: one shape)", choices=BUCKET_CHOICES)
+                          "(multiples of 8), step4 (8, 12, 16, ...: least padding, most shapes) or none (always "
+                          "--max-len: one shape)", choices=BUCKET_CHOICES)
     on_bad_line: str = option("error", "a malformed line (no tab, more than two tab-separated fields, an empty "
                               "side) stops reading, naming file and line (error), or is dropped and counted (skip); "
                               "with first-two a line of more than two fields gives its first two (with a warning) "
@@ -120,6 +128,8 @@ class TranslationDataConfig(Config):
         if self.valid_fraction + self.test_fraction >= 1.0:
             raise ConfigError(f"--valid-fraction {self.valid_fraction} plus --test-fraction {self.test_fraction} "
                               "leaves no training pairs; make them smaller")
+        if self.batch_tokens is not None:
+            token_rows(self.batch_tokens, bucket_widths(self.max_len, self.buckets))
 
 
 # -- splits and vocabularies ----------------------------------------------------
@@ -218,7 +228,12 @@ class TranslationData:
     def widths(self) -> tuple[int, ...]:
         return bucket_widths(self.config.max_len, self.config.buckets)
 
-    def train_batches(self, seed: int = 0, shard: tuple[int, int] = (0, 1)) -> TranslationBatches:
+    def train_batches(self, seed: int = 0, shard: tuple[int, int] = (0, 1),
+                      devices: int = 1) -> TranslationBatches | TokenBatches:
+        """``--batch-tokens`` batches (rows a multiple of ``devices``) if set, else ``--batch-size`` ones."""
+        if self.config.batch_tokens is not None:
+            return TokenBatches(self.encoded("train"), batch_tokens=self.config.batch_tokens, seed=seed,
+                                widths=self.widths, devices=devices, shard=shard)
         return TranslationBatches(self.encoded("train"), batch_size=self.config.batch_size, seed=seed,
                                   widths=self.widths, shard=shard)
 

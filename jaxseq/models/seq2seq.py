@@ -80,6 +80,7 @@ and the CLI need nothing more.
 from __future__ import annotations
 
 import functools
+import math
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -90,6 +91,7 @@ import jax.numpy as jnp
 from jaxseq import attention, cells
 from jaxseq.attention_layers import Projection
 from jaxseq.config import Config, option
+from jaxseq.errors import ConfigError
 from jaxseq.flops import StepFlops, attention as attention_flops, matmul, transformer_block
 from jaxseq.models.registry import ModelSpec, register
 from jaxseq.models.recurrent import StackedRecurrent, apply_dense_2d
@@ -97,6 +99,7 @@ from jaxseq.transformer import Embedder, Stack, tensor_sizes
 
 Array = jax.Array
 ATTENTION_SCORES = ("additive", "dot", "dot-unscaled")
+TIE_CHOICES = ("none", "output", "all")
 
 
 @dataclass(frozen=True)
@@ -109,6 +112,10 @@ class TranslationModelConfig(Config):
                          minimum=1)
     dropout: float = option(0.2, "dropout between GRU layers and on attention weights; in the Transformer "
                             "also on embeddings and sublayer outputs", minimum=0.0, below=1.0)
+    tie_embeddings: str = option("none", "transformer: output: the output projection is the target embedding "
+                                 "(logits = y E^T / sqrt(d)); all: also one embedding table for source and "
+                                 "target (needs --joint-vocab); none: separate",
+                                 choices=TIE_CHOICES)
 
 
 @dataclass(frozen=True)
@@ -383,6 +390,7 @@ class TransformerEncoderDecoder(nn.Module):
     scan_layers: bool = False
     remat: bool = False
     attention_impl: str = "jaxseq"
+    tie: str = "none"
     dtype: Any = jnp.float32
 
     target_key: ClassVar[str] = "tgt_out"
@@ -394,11 +402,27 @@ class TransformerEncoderDecoder(nn.Module):
                                          dropout=self.dropout, norm=self.norm, activation=self.activation,
                                          scan_layers=self.scan_layers, remat=self.remat, sow_weights=True,
                                          attention_impl=self.attention_impl, dtype=self.dtype, name=name, **kw)
-        self.src_embedder, self.tgt_embedder = embed(self.src_vocab_size, "src_embedder"), embed(
-            self.tgt_vocab_size, "tgt_embedder")
+        if self.tie not in TIE_CHOICES:
+            raise ConfigError(f"--tie-embeddings must be one of {', '.join(TIE_CHOICES)}, got {self.tie!r}")
+        if self.tie == "all":
+            if self.src_vocab_size != self.tgt_vocab_size:
+                raise ConfigError(f"--tie-embeddings all needs one joint vocabulary, but the source has "
+                                  f"{self.src_vocab_size} tokens and the target {self.tgt_vocab_size}")
+            self.src_embedder = self.tgt_embedder = embed(self.tgt_vocab_size, "embedder")
+        else:
+            self.src_embedder, self.tgt_embedder = embed(self.src_vocab_size, "src_embedder"), embed(
+                self.tgt_vocab_size, "tgt_embedder")
         self.encoder = stack("encoder")
         self.decoder = stack("decoder", decoder=True, cross_attention=True)
-        self.out = Projection(self.tgt_vocab_size, dtype=self.dtype, name="out")
+        if self.tie == "none":
+            self.out = Projection(self.tgt_vocab_size, dtype=self.dtype, name="out")
+
+    def _logits(self, y: Array) -> Array:
+        """``(..., D)`` -> ``(..., V)``: the output projection, or (tied) ``y E^T / sqrt(D)`` as the Flax wmt
+        example computes it, ``E`` the target embedding table."""
+        if self.tie == "none":
+            return self.out(y)
+        return self.tgt_embedder.attend(y) / jnp.asarray(math.sqrt(self.d_model), self.dtype)
 
     @staticmethod
     def sown_cross_attention(intermediates: dict) -> Array:
@@ -421,7 +445,7 @@ class TransformerEncoderDecoder(nn.Module):
         memory, src_len = self.encode(batch, train=train)
         y = self.decoder(self.tgt_embedder(batch["tgt_in"], train=train), memory=memory, memory_valid_lens=src_len,
                          train=train)
-        return self.out(y), None
+        return self._logits(y), None
 
     def decode_init(self, batch: dict[str, Array]) -> dict[str, Any]:
         memory, src_len = self.encode(batch)
@@ -433,7 +457,7 @@ class TransformerEncoderDecoder(nn.Module):
         """``tokens`` ``(B,)`` at position ``state["index"]`` -> ``(logits (B, V), state)``."""
         x = self.tgt_embedder(tokens[:, None], state["index"][:, None])
         y, cache = self.decoder.decode(x, state["cache"], state["src_len"])
-        return self.out(y[:, 0]), dict(state, cache=cache, index=state["index"] + 1)
+        return self._logits(y[:, 0]), dict(state, cache=cache, index=state["index"] + 1)
 
 
 def attention_maps(intermediates: dict) -> dict[str, Array]:
@@ -476,7 +500,8 @@ def _build_transformer(run, vocab_sizes: tuple[int, int]) -> TransformerEncoderD
     options = run.transformer
     return TransformerEncoderDecoder(*vocab_sizes, run.data.max_len, num_layers=run.model.layers,
                                      dropout=run.model.dropout, positional=options.positional,
-                                     remat=run.train.remat, dtype=run.train.compute_dtype,
+                                     tie=run.model.tie_embeddings, remat=run.train.remat,
+                                     dtype=run.train.compute_dtype,
                                      **options.stack_options(run.train.compute_dtype, run.model.dropout))
 
 

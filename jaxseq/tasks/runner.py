@@ -32,7 +32,7 @@ import numpy as np
 from jaxseq import config as config_lib
 from jaxseq import hardware, parallel
 from jaxseq import train as trainer
-from jaxseq.checkpoint import Checkpointer
+from jaxseq.checkpoint import Checkpointer, checkpoint_steps
 from jaxseq.data.subword import tokenizer_file
 from jaxseq.data.text import warn
 from jaxseq.data.vocab import Vocab
@@ -364,6 +364,8 @@ def _train_neural(task: Task, run: Run, data: Any, vocabs: dict[str, Vocab], wor
 
     step = int(jax.device_get(result.state.step))
     results = {"model": spec.name, "step": step, "valid": result.valid, "train_seconds": result.seconds, **before}
+    if result.stopped_early:
+        results["stopped_early"] = True               # by --patience
     if result.interrupted is not None:
         results["interrupted"] = int(result.interrupted)
         echo(f"stopped by signal {result.interrupted} at step {step}; checkpoint saved; continue with --resume")
@@ -408,24 +410,59 @@ def load_run(workdir: WorkdirLike, task: Task) -> tuple[Run, dict[str, Vocab]]:
     return run, _saved_vocabs(task, workdir)
 
 
-def load(workdir: WorkdirLike, task: Task, *, data_fingerprint: str | None = None) -> Loaded:
+CHECKPOINT_CHOICES = ("latest", "best", "averaged")
+_KEPT = {"best": ("best", "train with --keep-best"),
+         "averaged": ("averaged", "write one with `jaxseq average --workdir W --last K`")}
+
+
+def checkpoint_location(workdir: Workdir, checkpoint: str | None) -> tuple[Any, int | None]:
+    """``(directory, step or None)`` of ``--checkpoint``: latest (default: the newest complete step),
+    best (``checkpoints/best``, kept by ``--keep-best``), averaged (``checkpoints/averaged``, written by
+    ``jaxseq average``) or a step number."""
+    if checkpoint in (None, "latest"):
+        return workdir.checkpoints, None
+    if checkpoint in _KEPT:
+        folder, how = _KEPT[checkpoint]
+        directory = workdir.checkpoints / folder
+        if not directory.is_dir():
+            raise CheckpointError(f"{directory}: no {checkpoint} checkpoint in this run; {how}")
+        return directory, None
+    if str(checkpoint).isdigit():
+        steps = checkpoint_steps(workdir.checkpoints, complete_only=True)
+        if int(checkpoint) not in steps:
+            raise CheckpointError(f"{workdir.checkpoints}: no complete checkpoint at step {checkpoint}; the run "
+                                  f"has {', '.join(map(str, steps)) or 'none'}")
+        return workdir.checkpoints, int(checkpoint)
+    raise ConfigError(f"--checkpoint must be one of {', '.join(CHECKPOINT_CHOICES)} or a step number, "
+                      f"got {checkpoint!r}")
+
+
+def abstract_run_state(task: Task, run: Run, vocabs: dict[str, Vocab]) -> tuple[Any, Any]:
+    """``(model, abstract TrainState)`` of a saved run on one device (shapes only; nothing computed)."""
+    model = run.spec.build(run, task.vocab_sizes(vocabs))
+    tx = make_optimizer(run.optim, 1)
+    return model, trainer.state_shapes(model, tx, task.example_batch(run), 0, parallel.make_mesh(1),
+                                       task.initial_carry(run, model))
+
+
+def load(workdir: WorkdirLike, task: Task, *, data_fingerprint: str | None = None,
+         checkpoint: str | None = None) -> Loaded:
     """The newest complete checkpoint of ``workdir`` (read-only), or its n-gram model.
 
     ``data_fingerprint``: also refuse a checkpoint trained on other data.
+    ``checkpoint``: which one (:func:`checkpoint_location`; default the newest).
     """
     workdir = Workdir.of(workdir)
     run, vocabs = load_run(workdir, task)
     spec = run.spec
     if not spec.neural:
         return Loaded(task, run, vocabs, spec.load(workdir.file("model.npz")), None, None, workdir)
-    model = spec.build(run, task.vocab_sizes(vocabs))
-    sample = task.example_batch(run)
-    tx = make_optimizer(run.optim, 1)
-    abstract = trainer.state_shapes(model, tx, sample, 0, parallel.make_mesh(1), task.initial_carry(run, model))
+    directory, step = checkpoint_location(workdir, checkpoint)
+    model, abstract = abstract_run_state(task, run, vocabs)
     expected = manifest(run, vocabs, abstract.params, data_fingerprint)
-    ckpt = Checkpointer(workdir.checkpoints, read_only=True)
+    ckpt = Checkpointer(directory, read_only=True)
     try:
-        state, _, step = ckpt.restore(abstract, expected)
+        state, _, step = ckpt.restore(abstract, expected, step=step)
     finally:
         ckpt.close()
     return Loaded(task, run, vocabs, model, state.params, step, workdir)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import sys
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -38,11 +39,14 @@ from jaxseq.workdir import Workdir, WorkdirLike
 
 @dataclasses.dataclass(frozen=True)
 class TranslateEvalConfig(Config):
-    """How the trained model is scored at the end of training."""
+    """How the trained model is scored at the end of training (and, by default, by evaluate)."""
 
     beam: int = option(4, "beam size of the final test evaluation (greedy is always reported too)", minimum=1)
-    alpha: float = option(0.6, "length normalisation of beam search: score = log P / ((5 + len) / 6)^alpha",
-                          minimum=0.0)
+    alpha: float = option(0.6, "GNMT length penalty of beam search: score = log P / ((5 + |Y|) / 6)^alpha "
+                          "(0: raw log-probability)", minimum=0.0, flag="--length-penalty", aliases=("--alpha",))
+    max_len_a: float = option(0.0, "longest output a x S + b tokens (fairseq's --max-len-a/b), S the batch's "
+                              "padded source width; capped at the model's positions", minimum=0.0)
+    max_len_b: int | None = option(None, "b of --max-len-a (default: the run's --max-len)", minimum=1)
     examples: int = option(4, "example translations to print at the end", minimum=0)
 
 
@@ -66,9 +70,20 @@ def _source_only(batch: dict) -> dict:
     return {"src": np.asarray(batch["src"]), "src_len": np.asarray(batch["src_len"])}
 
 
+def output_limit(model, src_width: int, max_len: int, max_len_a: float = 0.0) -> int:
+    """The longest output of a batch: ``floor(a S + b)`` (``S`` its padded source width, ``b = max_len``;
+    fairseq's ``--max-len-a/b``, with ``S`` a bucket width so each width compiles once). With ``a > 0`` it
+    is capped at the positions of a model with a decode cache (a ``b`` beyond them is refused by decode)."""
+    limit = max(1, int(max_len_a * src_width + max_len))
+    cap = getattr(model, "max_decode_len", None)
+    return limit if cap is None or max_len_a == 0 else min(limit, max(cap, max_len))
+
+
 def _decode(model, params, batch: dict, tgt_vocab: Vocab, *, max_len: int, beam: int = 1,
-            alpha: float = 0.6) -> decode.Decoded:
-    """Greedy search (``beam == 1``) or beam search from ``<bos>`` to ``<eos>``."""
+            alpha: float = 0.6, max_len_a: float = 0.0) -> decode.Decoded:
+    """Greedy search (``beam == 1``) or beam search from ``<bos>`` to ``<eos>``, at most
+    :func:`output_limit` tokens."""
+    max_len = output_limit(model, np.shape(batch["src"])[1], max_len, max_len_a)
     if beam == 1:
         return decode.greedy_search(model, params, batch, bos=tgt_vocab.bos, eos=tgt_vocab.eos, max_len=max_len)
     return decode.beam_search(model, params, batch, bos=tgt_vocab.bos, eos=tgt_vocab.eos, max_len=max_len,
@@ -76,11 +91,12 @@ def _decode(model, params, batch: dict, tgt_vocab: Vocab, *, max_len: int, beam:
 
 
 def decode_batches(model, params, batches: Sequence[dict], count: int, tgt_vocab: Vocab, *, max_len: int,
-                   beam: int = 1, alpha: float = 0.6) -> list[str]:
+                   beam: int = 1, alpha: float = 0.6, max_len_a: float = 0.0) -> list[str]:
     """Translations (space-joined words) of every pair in ``batches``, in split order (by ``index``)."""
     out = [""] * count
     for batch in batches:
-        result = _decode(model, params, _source_only(batch), tgt_vocab, max_len=max_len, beam=beam, alpha=alpha)
+        result = _decode(model, params, _source_only(batch), tgt_vocab, max_len=max_len, beam=beam, alpha=alpha,
+                         max_len_a=max_len_a)
         rows = np.asarray(result.tokens).tolist()       # one read-back per batch
         for index, row in zip(np.asarray(batch["index"]).tolist(), rows):
             if index >= 0:
@@ -93,24 +109,34 @@ def references(pairs: Sequence[tr.Pair]) -> list[str]:
 
 
 def score_translations(hypotheses: Sequence[str], refs: Sequence[str], suffix: str = "") -> dict[str, float]:
-    """``{"bleu": corpus BLEU (0-100), "exact": fraction exactly right}`` (keys get ``suffix``)."""
+    """``{"bleu": corpus BLEU (0-100), "chrf": corpus chrF (0-100), "exact": fraction exactly right}``
+    (keys get ``suffix``)."""
     return {f"bleu{suffix}": metrics.corpus_bleu(hypotheses, refs),
+            f"chrf{suffix}": metrics.corpus_chrf(hypotheses, refs),
             f"exact{suffix}": metrics.exact_match(hypotheses, refs)}
+
+
+def _lengths(run: Run) -> dict:
+    """The output-length settings of ``run`` as :func:`decode_batches` takes them."""
+    b = run.data.max_len if run.eval.max_len_b is None else run.eval.max_len_b
+    return {"max_len": b, "max_len_a": run.eval.max_len_a}
 
 
 def _final_scores(model, params, data: tr.TranslationData, split: str, run: Run, mesh,
                   echo: Echo) -> dict:
     """BLEU and exact match of greedy and beam search on ``split`` (and its loss, for the test split)."""
-    pairs, refs, max_len = data.split(split), references(data.split(split)), run.data.max_len
+    pairs, refs = data.split(split), references(data.split(split))
     batches = data.eval_batches(split)
-    greedy = decode_batches(model, params, batches, len(pairs), data.tgt_vocab, max_len=max_len)
+    greedy = decode_batches(model, params, batches, len(pairs), data.tgt_vocab, **_lengths(run))
     scores = {"pairs": len(pairs), **score_translations(greedy, refs)}
     shown = f"{split} BLEU {scores['bleu']:.2f} greedy"
     if run.eval.beam > 1:
-        beamed = decode_batches(model, params, batches, len(pairs), data.tgt_vocab, max_len=max_len,
-                                beam=run.eval.beam, alpha=run.eval.alpha)
+        beamed = decode_batches(model, params, batches, len(pairs), data.tgt_vocab, beam=run.eval.beam,
+                                alpha=run.eval.alpha, **_lengths(run))
         scores.update(score_translations(beamed, refs, "_beam"), beam=run.eval.beam, alpha=run.eval.alpha)
         shown += f", {scores['bleu_beam']:.2f} beam {run.eval.beam}"
+    shown += f"; chrF {scores['chrf']:.2f} greedy" + (f", {scores['chrf_beam']:.2f} beam" if run.eval.beam > 1
+                                                       else "")
     if split == "test":
         shard = (jax.process_index(), jax.process_count())
         loss = train.evaluate(train.make_eval_step(model), params, data.eval_batches(split, shard=shard), mesh)
@@ -151,19 +177,41 @@ class TranslateTask(runner.Task):
     def data_fingerprint(self, data: tr.TranslationData) -> str:
         return _data_fingerprint(data)
 
+    def check_data(self, run: Run, data: tr.TranslationData) -> None:
+        if run.data.batch_tokens is not None:     # the budget on every device, before anything is written
+            tr.token_rows(run.data.batch_tokens, data.widths, _devices(run))
+        tie = run.model.tie_embeddings
+        if tie != "none" and not run.spec.decode_cache:
+            raise ConfigError(f"--tie-embeddings {tie} is for the transformer model (the RNN decoders' output "
+                              f"layer reads the hidden state, not an embedding); drop it for --model "
+                              f"{run.model.model}")
+        if tie == "all" and data.src_vocab.fingerprint() != data.tgt_vocab.fingerprint():
+            raise ConfigError(f"--tie-embeddings all shares one embedding table between the languages, but their "
+                              f"vocabularies differ (source {len(data.src_vocab)} / target {len(data.tgt_vocab)} "
+                              "tokens); give them one with --joint-vocab or use --tie-embeddings output")
+
     def example_batch(self, run: Run) -> dict[str, np.ndarray]:
-        b, w = run.data.batch_size, tr.bucket_widths(run.data.max_len, run.data.buckets)[0]
+        widths = tr.bucket_widths(run.data.max_len, run.data.buckets)
+        b, w = run.data.batch_size, widths[0]
+        if run.data.batch_tokens is not None:     # the widest bucket's shape
+            w = widths[-1]
+            b = tr.token_rows(run.data.batch_tokens, widths, _devices(run))[w]
         return {"src": np.zeros((b, w), np.int32), "src_len": np.ones((b,), np.int32),
                 "tgt_in": np.zeros((b, w), np.int32), "tgt_out": np.zeros((b, w), np.int32),
                 "weights": np.ones((b, w), np.float32)}
 
     def train_batches(self, run: Run, data: tr.TranslationData, shard: tuple[int, int] | None = None):
-        return data.train_batches(seed=run.train.seed, shard=shard or (0, 1))
+        return data.train_batches(seed=run.train.seed, shard=shard or (0, 1), devices=_devices(run))
 
     def valid_batches(self, run: Run, data: tr.TranslationData, shard: tuple[int, int] | None = None):
         return data.eval_batches("valid", shard=shard or (0, 1)) or None
 
     def describe_steps(self, run: Run, batches, total_steps: int) -> str:
+        if isinstance(batches, tr.TokenBatches):
+            shapes = ", ".join(f"{rows}x{w}" for rows, w in batches.shapes)
+            return (f"{total_steps} steps of at most {run.data.batch_tokens} tokens ({batches.batches_per_epoch} "
+                    f"per epoch; pairs x width {shapes}; non-padding {batches.nonpad_fraction:.1%} of the "
+                    "batch tokens)")
         return f"{total_steps} steps of {run.data.batch_size} pairs ({batches.batches_per_epoch} per epoch)"
 
     def extra_eval(self, run: Run, data: tr.TranslationData, model):
@@ -172,7 +220,7 @@ class TranslateTask(runner.Task):
         valid, refs = data.eval_batches("valid"), references(data.valid)
 
         def bleu(params) -> dict:
-            hyps = decode_batches(model, params, valid, len(data.valid), data.tgt_vocab, max_len=run.data.max_len)
+            hyps = decode_batches(model, params, valid, len(data.valid), data.tgt_vocab, **_lengths(run))
             return score_translations(hyps, refs)
         return bleu
 
@@ -189,6 +237,11 @@ class TranslateTask(runner.Task):
 
 
 TASK = TranslateTask()
+
+
+def _devices(run: Run) -> int:
+    """The devices a global batch is split over (``--devices``, default all)."""
+    return run.parallel.devices or jax.device_count()
 
 
 def resolve(given: Mapping[str, Any] | None = None, **flags: Any) -> Run:
@@ -213,24 +266,36 @@ def train_translate(run: Run, workdir: WorkdirLike, *, resume: bool = False, giv
 # -- using a trained run ------------------------------------------------------------------------
 
 def evaluate_translate(workdir: WorkdirLike, data: str | None = None, *, beam: int | None = None,
-                       alpha: float | None = None, allow_data_change: bool = False) -> dict:
-    """Loss, corpus BLEU and exact match of the run's model on ``data`` (TSV pairs) or its validation split.
+                       alpha: float | None = None, max_len_a: float | None = None, max_len_b: int | None = None,
+                       checkpoint: str | None = None, split: str = "valid", allow_data_change: bool = False) -> dict:
+    """Loss, corpus BLEU, chrF and exact match of the run's model on ``data`` (TSV pairs) or its ``split``
+    (``valid`` or ``test``: the run's own held-out pairs).
 
-    Decoding is greedy unless ``beam`` > 1 (then beam search with ``alpha``,
-    default the run's ``--alpha``).
+    Decoding is greedy unless ``beam`` > 1 (then beam search with length
+    penalty ``alpha``, default the run's ``--length-penalty``); outputs are at
+    most ``max_len_a * S + max_len_b`` tokens (defaults: the run's).
+    ``checkpoint``: latest (default), best, averaged or a step number.
     """
     workdir = Workdir.of(workdir)
     beam = 1 if beam is None else beam
     run, vocabs = runner.load_run(workdir, TASK)
     src_vocab, tgt_vocab = vocabs[SRC], vocabs[TGT]
     alpha = run.eval.alpha if alpha is None else alpha
-    decode.check_decode_args(run.data.max_len, beam, alpha)
+    lengths = _lengths(run)
+    lengths = {"max_len": lengths["max_len"] if max_len_b is None else max_len_b,
+               "max_len_a": lengths["max_len_a"] if max_len_a is None else max_len_a}
+    decode.check_decode_args(lengths["max_len"], beam, alpha)
+    if lengths["max_len_a"] < 0:
+        raise ConfigError(f"--max-len-a must be >= 0, got {lengths['max_len_a']}")
     fingerprint = None
     if data is None:
         loaded_data = _load_data(run, vocabs)
-        pairs, source = loaded_data.valid, f"{run.data.data} (validation split)"
+        if split not in ("valid", "test"):
+            raise ConfigError(f"--split must be valid or test, got {split!r}")
+        name = {"valid": "validation", "test": "test"}[split]
+        pairs, source = loaded_data.split(split), f"{run.data.data} ({name} split)"
         if not pairs:
-            raise DataError(f"{workdir}: the run has no validation split (--valid-fraction 0); give --data PAIRS.tsv")
+            raise DataError(f"{workdir}: the run has no {name} split (--{split}-fraction 0); give --data PAIRS.tsv")
         fingerprint = None if allow_data_change else _data_fingerprint(loaded_data)
     else:
         raw, source = tr.pair_bytes(data, run.dates)
@@ -242,16 +307,16 @@ def evaluate_translate(workdir: WorkdirLike, data: str | None = None, *, beam: i
         if cut:
             warn(tr.first_two_warning(cut, source))
         warn_unknown(source, src_vocab.unknown(t for p in pairs for t in p.src), "the source vocabulary")
-    loaded = runner.load(workdir, TASK, data_fingerprint=fingerprint)
+    loaded = runner.load(workdir, TASK, data_fingerprint=fingerprint, checkpoint=checkpoint)
     model, params = loaded.model, loaded.params
     encoded = tr.encode_pairs(pairs, src_vocab, tgt_vocab, run.data.max_len)
     widths = tr.bucket_widths(run.data.max_len, run.data.buckets)
     batches = tr.eval_batches(encoded, batch_size=run.data.batch_size, widths=widths)
     loss = train.evaluate(train.make_eval_step(model), params, batches, parallel.make_mesh(1))
-    hyps = decode_batches(model, params, batches, len(pairs), tgt_vocab, max_len=run.data.max_len, beam=beam,
-                          alpha=alpha)
+    hyps = decode_batches(model, params, batches, len(pairs), tgt_vocab, beam=beam, alpha=alpha, **lengths)
     return {"data": source, "pairs": len(pairs), "loss": loss["nll"], "perplexity": loss["perplexity"],
-            "tokens": loss["tokens"], "beam": beam, **score_translations(hyps, references(pairs))}
+            "tokens": loss["tokens"], "beam": beam, "alpha": alpha, "step": loaded.step,
+            "checkpoint": checkpoint or "latest", **score_translations(hyps, references(pairs))}
 
 
 def _read_sentences(texts: Sequence[str], input_file: str | os.PathLike | None) -> list[tuple[str, str]]:
@@ -289,21 +354,31 @@ def _encode_sentences(run: Run, src_vocab: Vocab, items: Sequence[tuple[str, str
 
 
 def _translate(loaded: runner.Loaded, encodings: list[tr.SourceEncoding], *, beam: int, alpha: float,
-               max_len: int) -> tuple[list[str], list[int]]:
-    """The translations of ``encodings`` and the first one's output token ids."""
+               max_len: int, max_len_a: float = 0.0, progress=None) -> tuple[list[str], list[int]]:
+    """The translations of ``encodings`` (in their order) and the first one's output token ids.
+
+    Sentences are decoded in batches of ``--batch-size`` sorted by length (so
+    little padding and few compiled widths); ``progress(n)`` is told of each
+    batch's ``n`` sentences.
+    """
     run, src_vocab, tgt_vocab = loaded.run, loaded.vocabs[SRC], loaded.vocabs[TGT]
     widths = tr.bucket_widths(run.data.max_len, run.data.buckets)
-    out: list[str] = []
+    out: list[str] = [""] * len(encodings)
     first_tokens: list[int] = []
-    for start in range(0, len(encodings), run.data.batch_size):
-        chunk = encodings[start:start + run.data.batch_size]
-        batch = tr.source_batch(chunk, pad=src_vocab.pad, widths=widths)
-        result = _decode(loaded.model, loaded.params, batch, tgt_vocab, max_len=max_len, beam=beam, alpha=alpha)
+    order = sorted(range(len(encodings)), key=lambda i: len(encodings[i].ids))
+    for start in range(0, len(order), run.data.batch_size):
+        chunk = order[start:start + run.data.batch_size]
+        batch = tr.source_batch([encodings[i] for i in chunk], pad=src_vocab.pad, widths=widths)
+        result = _decode(loaded.model, loaded.params, batch, tgt_vocab, max_len=max_len, beam=beam, alpha=alpha,
+                         max_len_a=max_len_a)
         rows = np.asarray(result.tokens).tolist()
         lengths = np.asarray(result.lengths).tolist()
-        if start == 0:
-            first_tokens = rows[0][:lengths[0]]
-        out.extend(tr.decode_target(row, tgt_vocab) for row in rows)
+        for i, row, length in zip(chunk, rows, lengths):
+            out[i] = tr.decode_target(row, tgt_vocab)
+            if i == 0:
+                first_tokens = row[:length]
+        if progress is not None:
+            progress(len(chunk))
     return out, first_tokens
 
 
@@ -318,8 +393,8 @@ def translate_loaded(loaded: runner.Loaded, sentences: Sequence[str], *, beam: i
 
 
 def translate_texts(workdir: WorkdirLike, texts: Sequence[str], *, input_file: str | os.PathLike | None = None,
-                    beam: int = 1, alpha: float = 0.6, max_len: int | None = None,
-                    show_attention: str | os.PathLike | None = None) -> list[str]:
+                    beam: int = 1, alpha: float = 0.6, max_len: int | None = None, max_len_a: float = 0.0,
+                    checkpoint: str | None = None, show_attention: str | os.PathLike | None = None) -> list[str]:
     """One translation per sentence (words unknown to the source vocabulary become ``<unk>``, with a warning).
 
     Sentences are normalised and tokenised as the run's training data was
@@ -337,12 +412,51 @@ def translate_texts(workdir: WorkdirLike, texts: Sequence[str], *, input_file: s
         raise ConfigError(f"--show-attention: the run in {workdir} is a {run.model.model} model, which has no "
                           "attention; use a model with encoder-decoder attention")
     encodings = _encode_sentences(run, vocabs[SRC], _read_sentences(texts, input_file))
-    loaded = runner.load(workdir, TASK)
-    out, first_tokens = _translate(loaded, encodings, beam=beam, alpha=alpha, max_len=max_len)
+    loaded = runner.load(workdir, TASK, checkpoint=checkpoint)
+    out, first_tokens = _translate(loaded, encodings, beam=beam, alpha=alpha, max_len=max_len, max_len_a=max_len_a)
     if show_attention is not None:
         _attention_plot(run, loaded.model, loaded.params, encodings[0], first_tokens, vocabs[SRC], vocabs[TGT],
                         Path(show_attention))
     return out
+
+
+def file_lines(path: str | os.PathLike) -> list[str]:
+    """The lines of a text file as written (the last line's newline ends it; ``\\r\\n`` accepted)."""
+    text = read_text(path)
+    lines = text.split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()
+    return [line[:-1] if line.endswith("\r") else line for line in lines]
+
+
+def translate_file(workdir: WorkdirLike, path: str | os.PathLike, out: str | os.PathLike | None = None, *,
+                   beam: int = 1, alpha: float = 0.6, max_len: int | None = None, max_len_a: float = 0.0,
+                   checkpoint: str | None = None, progress: bool = True) -> list[str]:
+    """Translate every line of ``path`` into the same line of ``out`` (or return them when ``out`` is None).
+
+    Line for line: an empty (or blank) line gives an empty line, so nothing
+    shifts. Sentences are decoded in length-sorted batches of the run's
+    ``--batch-size``, with a progress bar on stderr.
+    """
+    from tqdm.auto import tqdm
+
+    workdir = Workdir.of(workdir)
+    run, vocabs = runner.load_run(workdir, TASK)
+    max_len = run.data.max_len if max_len is None else max_len
+    decode.check_decode_args(max_len, beam, alpha)
+    lines = file_lines(path)
+    items = [(i, (f"{path}:{i + 1}", line)) for i, line in enumerate(lines) if line.strip()]
+    encodings = _encode_sentences(run, vocabs[SRC], [item for _, item in items])
+    loaded = runner.load(workdir, TASK, checkpoint=checkpoint)
+    with tqdm(total=len(encodings), disable=not progress, file=sys.stderr, unit="sentence", leave=False) as bar:
+        translated, _ = _translate(loaded, encodings, beam=beam, alpha=alpha, max_len=max_len,
+                                   max_len_a=max_len_a, progress=bar.update)
+    result = [""] * len(lines)
+    for (i, _), text in zip(items, translated):
+        result[i] = text
+    if out is not None:
+        Path(out).write_text("".join(line + "\n" for line in result), encoding="utf-8")
+    return result
 
 
 def _is_dates(run: Run) -> bool:
