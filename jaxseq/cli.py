@@ -2,9 +2,13 @@
 
     jaxseq train lm          [flags]    train a language model (n-gram, RNN, GRU, LSTM, ...)
     jaxseq train translate   [flags]    train a translation model
+    jaxseq train mlm         [flags]    pretrain a BERT encoder (masked LM + next-sentence prediction)
+    jaxseq train classify    [flags]    fine-tune a classifier (--init-from a mlm run) or train it from scratch
     jaxseq evaluate  --workdir DIR      perplexity / BLEU of a trained run (last line: JSON)
     jaxseq generate  --workdir DIR --prefix TEXT --length N
     jaxseq translate --workdir DIR [TEXT ... | --input FILE]
+    jaxseq fill-mask --workdir DIR "the <mask> traveller" ...  [--top-k K]
+    jaxseq classify  --workdir DIR TEXT ...                    labels with probabilities
     jaxseq inspect   --workdir DIR | lm|translate [flags]   what the train step compiles to (--what, --out)
     jaxseq stats     [--data PATH]      n-gram statistics and a Zipf plot
     jaxseq data list | fetch NAME
@@ -53,7 +57,7 @@ def _configure_logging() -> None:
 # parsers
 # ----------------------------------------------------------------------------------------
 
-TASKS = ("lm", "translate")
+TASKS = ("lm", "translate", "mlm", "classify")
 
 
 def _task(name: str):
@@ -115,7 +119,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     train = commands.add_parser("train", help="train a model into a work directory")
     tasks = train.add_subparsers(dest="task", required=True, metavar="TASK")
-    for name, help_text in (("lm", "language model"), ("translate", "translation (sequence to sequence) model")):
+    for name, help_text in (("lm", "language model"), ("translate", "translation (sequence to sequence) model"),
+                            ("mlm", "BERT pretraining: masked LM and next-sentence prediction on sentence pairs"),
+                            ("classify", "text or text-pair classifier on a BERT encoder (--init-from a mlm run)")):
         sub = tasks.add_parser(name, help=help_text)
         _add_task_flags(sub, _task(name))
         _add_run_flags(sub)
@@ -127,7 +133,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     ev = commands.add_parser("evaluate", help="evaluate a trained run; prints JSON last")
     ev.add_argument("--workdir", type=Path, required=True)
-    ev.add_argument("--data", default=None, help="a text file (LM) or TSV pairs (translation) to evaluate on "
+    ev.add_argument("--data", default=None, help="a text file (LM, masked LM) or TSV pairs (translation) or "
+                    "labels (classification) to evaluate on "
                     "(default: the run's validation split)")
     ev.add_argument("--beam", type=int, default=None, help="translation: beam size for BLEU (default: greedy)")
     ev.add_argument("--eval-context", choices=("stream", "window"), default=None,
@@ -156,6 +163,15 @@ def build_parser() -> argparse.ArgumentParser:
                     help="write the attention heatmap of the first sentence to this PNG (transformer: "
                          "cross-attention per layer and head, self-attention to PNG.encoder.png and "
                          "PNG.decoder.png)")
+
+    fm = commands.add_parser("fill-mask", help="the most likely fillers of each <mask> with a masked-LM run")
+    fm.add_argument("--workdir", type=Path, required=True)
+    fm.add_argument("text", nargs="+", help='texts with the token to fill written <mask>: "the <mask> traveller"')
+    fm.add_argument("--top-k", type=int, default=5, help="fillers to list per mask")
+
+    cl = commands.add_parser("classify", help="labels with probabilities from a trained classifier")
+    cl.add_argument("--workdir", type=Path, required=True)
+    cl.add_argument("text", nargs="+", help="texts to classify (a pair: the two texts joined by a TAB)")
 
     _add_inspect(commands)
 
@@ -283,10 +299,19 @@ def _cmd_evaluate(args) -> int:
 
     workdir = Workdir(args.workdir)
     task = workdir.require_any()
+    if task in ("mlm", "classify") and (args.eval_context is not None or args.beam is not None):
+        from jaxseq.errors import ConfigError
+        raise ConfigError(f"--eval-context and --beam are for language and translation models; this is a {task} run")
     if task == "lm":
         from jaxseq.tasks import lm
         result = lm.evaluate_lm(workdir, args.data, allow_data_change=args.allow_data_change,
                                 context=args.eval_context)
+    elif task == "mlm":
+        from jaxseq.tasks import mlm
+        result = mlm.evaluate_mlm(workdir, args.data, allow_data_change=args.allow_data_change)
+    elif task == "classify":
+        from jaxseq.tasks import classify
+        result = classify.evaluate_classify(workdir, args.data, allow_data_change=args.allow_data_change)
     else:
         if args.eval_context is not None:
             from jaxseq.errors import ConfigError
@@ -315,6 +340,26 @@ def _cmd_translate(args) -> int:
                                           beam=args.beam, alpha=args.alpha, max_len=args.max_len,
                                           show_attention=args.show_attention):
         print(line)
+    return 0
+
+
+def _cmd_fill_mask(args) -> int:
+    from jaxseq.tasks import mlm
+    from jaxseq.workdir import Workdir
+
+    for filled in mlm.fill_mask(Workdir(args.workdir), args.text, top_k=args.top_k):
+        print(filled.best())
+        for i, choices in enumerate(filled.choices, 1):
+            print(f"  <mask> {i}: " + ", ".join(f"{token} {p:.4f}" for token, p in choices))
+    return 0
+
+
+def _cmd_classify(args) -> int:
+    from jaxseq.tasks import classify
+    from jaxseq.workdir import Workdir
+
+    for text, ranked in zip(args.text, classify.classify_texts(Workdir(args.workdir), args.text)):
+        print(", ".join(f"{label} {p:.4f}" for label, p in ranked) + "\t" + text.replace("\t", " | "))
     return 0
 
 
@@ -365,7 +410,7 @@ def main(argv: list | None = None) -> int:
     from jaxseq.errors import JaxseqError
 
     handlers = {"inspect": _cmd_inspect, "evaluate": _cmd_evaluate, "generate": _cmd_generate, "translate": _cmd_translate,
-                "stats": _cmd_stats, "data": _cmd_data}
+                "fill-mask": _cmd_fill_mask, "classify": _cmd_classify, "stats": _cmd_stats, "data": _cmd_data}
     try:
         if args.command == "train":
             spec = _train_spec(args)
