@@ -142,7 +142,8 @@ class BertPretraining(nn.Module):
         """``O_mlm`` ``(B, P, V)`` at ``positions`` ``(B, P)`` of ``X_N`` ``(B, T, D)``."""
         y = jnp.take_along_axis(x, positions[..., None].astype(jnp.int32), axis=1)
         y = self.transform_norm(ACTIVATIONS["gelu"](self.transform(y)))
-        return self.encoder.attend(y) + self.out_bias.astype(self.encoder.dtype)
+        logits = self.encoder.attend(y)
+        return logits + self.out_bias.astype(self.encoder.dtype).reshape((1,) * (logits.ndim - 1) + (-1,))
 
     def __call__(self, batch: dict[str, Array], *, train: bool = False, carry=None):
         x = self.encoder(batch["tokens"], batch["segments"], batch["valid_len"], train=train)

@@ -155,7 +155,7 @@ def make_score_fn(model):
         for name, target_key, weight_key in train.objectives(model):
             logits, targets, w = out[name], batch[target_key], batch[weight_key].astype(jnp.float32)
             nll, count = losses.weighted_cross_entropy(logits, targets, w)
-            hits = (w * (jnp.argmax(logits, axis=-1) == targets)).sum()
+            hits = (w * (jnp.argmax(logits, axis=-1) == targets).astype(jnp.float32)).sum()
             sums.update({f"{name}_nll": nll, f"{name}_count": count, f"{name}_hits": hits})
         return sums
     return jax.jit(score)
