@@ -89,8 +89,8 @@ class MLMDataConfig(Config):
     seq_len: int = option(64, "positions per input <cls> A <sep> B <sep> (longer pairs are cut)", minimum=5)
     batch_size: int = option(32, "sentence pairs per batch (the global batch, over all devices and hosts)",
                              minimum=1)
-    mask_prob: float = option(0.15, "fraction of the tokens the masked LM predicts (80% <mask>, 10% random, "
-                              "10% kept)", above=0.0, below=1.0)
+    mask_prob: float = option(0.15, "fraction of the tokens the masked LM predicts (of them 8 in 10 become <mask>, "
+                              "1 in 10 a random token, 1 in 10 stay)", above=0.0, below=1.0)
     nsp: bool = option(True, "next-sentence prediction: B follows A half the time and the model says which "
                        "(--no-nsp: B always follows A, masked LM only)")
     valid_seed: int = option(0, "seed of the held-out pairs and masks (fixed, so runs compare)")
