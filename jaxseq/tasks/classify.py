@@ -292,6 +292,9 @@ class ClassifyTask(runner.Task):
         """As :meth:`runner.Task.resolve`; with ``init_from`` the pretraining run's encoder shape and
         tokenization are the defaults of the flags not given (:data:`INHERITED`)."""
         given = dict(given or {})
+        for key in ("init_from", "valid"):          # saved by absolute path: readers may run elsewhere
+            if given.get(key) is not None:
+                given[key] = runner.absolute_data(str(given[key]), ())
         if given.get("init_from") is not None:
             pre = _init_run(str(given["init_from"]))
             for section, fields in INHERITED.items():
