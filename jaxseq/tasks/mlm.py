@@ -267,14 +267,14 @@ def fill_mask_loaded(loaded: runner.Loaded, texts: list[str], top_k: int = 5) ->
     sp = data_lib.Specials(vocab)
     ordinary = np.zeros(len(vocab), bool)
     ordinary[sp.ordinary] = True
+    mlm_logits = jax.jit(lambda params, batch: loaded.model.apply({"params": params}, batch)[0]["mlm"])
     results = []
     for text in texts:
         ids, positions = encode_masked_text(run, vocab, text)
         t = len(ids)
         batch = {"tokens": ids[None], "segments": np.zeros((1, t), np.int32), "valid_len": np.array([t], np.int32),
                  "mlm_positions": positions[None]}
-        out, _ = loaded.model.apply({"params": loaded.params}, batch, train=False)
-        logits = np.asarray(out["mlm"][0], np.float64)
+        logits = np.asarray(mlm_logits(loaded.params, batch)[0], np.float64)
         logits[:, ~ordinary] = -np.inf            # a filler is a real token, never <pad> <cls> <sep> <mask> <unk>
         probs = np.exp(logits - logits.max(axis=-1, keepdims=True))
         probs /= probs.sum(axis=-1, keepdims=True)
