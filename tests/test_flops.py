@@ -131,7 +131,7 @@ def test_transformer_translation():
 
 
 def test_every_neural_model_has_a_count_and_the_ngram_none():
-    for task in ("lm", "translate"):
+    for task in ("lm", "translate", "mlm", "classify"):
         for spec in registry.specs(task):
             assert (spec.flops is None) == (not spec.neural), spec.name
 
