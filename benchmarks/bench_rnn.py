@@ -57,14 +57,14 @@ def make_batches(cfg, n, seed=0):
 
 # -- training contestants: each builder returns run(), which does `steps` steps and blocks -------
 
-def jaxseq_trainer(cfg, steps, backward, reset="after"):
+def jaxseq_trainer(cfg, steps, backward, reset="after", **flags):
     import jax
     from jaxseq import parallel, train
     from jaxseq.tasks.lm import build_lm
     from jaxseq.optim import OptimConfig, make_optimizer
 
     mesh = parallel.make_mesh(1)
-    model = build_lm("gru", cfg["vocab"], hidden=cfg["hidden"], backward=backward, gru_reset=reset)
+    model = build_lm("gru", cfg["vocab"], hidden=cfg["hidden"], backward=backward, gru_reset=reset, **flags)
     tx = make_optimizer(OptimConfig(optimizer="adam", lr=1e-3, clip=1.0), 1000)
     batches = [parallel.shard_batch(b, mesh) for b in make_batches(cfg, 4)]
     holder = {"state": train.create_state(model, tx, make_batches(cfg, 1)[0], 0, mesh)}

@@ -233,7 +233,8 @@ def causal_attention(q: Array, k: Array, v: Array, valid_lens: Array | None = No
 def _attention_forward(q, k, v, keep, drop):
     # the softmax in float32 at least (bfloat16 scores would lose the small weights)
     scores = dot_product_scores(q, k)
-    weights = _masked_softmax(scores.astype(jnp.promote_types(scores.dtype, jnp.float32)), keep).astype(q.dtype)
+    work = jnp.float64 if scores.dtype == jnp.float64 else jnp.float32
+    weights = _masked_softmax(scores.astype(work), keep).astype(q.dtype)
     used = weights if drop is None else weights * drop
     return attention_pool(used, v), weights
 

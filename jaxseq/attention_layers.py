@@ -15,7 +15,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxseq.attention import causal_mask, masked_softmax, additive_scores, attention_pool, dot_product_attention, causal_attention
+from jaxseq import parallel
+from jaxseq.attention import masked_softmax, additive_scores, attention_pool, dot_product_attention
+from jaxseq.attention_impl import attend
 
 Array = jax.Array
 
@@ -96,6 +98,9 @@ class MultiHeadAttention(nn.Module):
 
     Causal self-attention runs in query blocks of ``causal_block`` rows
     (:func:`causal_attention`; 0: one masked ``T x T`` product).
+    ``attention_impl`` (resolved: ``jaxseq``, ``xla`` or ``cudnn``) picks the
+    kernel (:mod:`jaxseq.attention_impl`); steps with attention dropout and
+    calls that return the weights run the ``jaxseq`` path.
     """
 
     num_heads: int
@@ -104,6 +109,7 @@ class MultiHeadAttention(nn.Module):
     use_bias: bool = True
     causal_block: int = 64
     fused_qkv: bool = True
+    attention_impl: str = "jaxseq"
     dtype: Any = jnp.float32
 
     def setup(self):
@@ -119,7 +125,8 @@ class MultiHeadAttention(nn.Module):
     def _heads(self, x: Array) -> Array:
         """``(B, T, D)`` -> ``(B, H, T, dh)``."""
         b, t, _ = x.shape
-        return x.reshape(b, t, self.num_heads, self.head_dim).transpose(0, 2, 1, 3)
+        heads = x.reshape(b, t, self.num_heads, self.head_dim).transpose(0, 2, 1, 3)
+        return parallel.constrain(heads, ("batch", "heads", None, None))      # tensor parallelism: by heads
 
     def _merge(self, x: Array) -> Array:
         """``(B, H, T, dh)`` -> ``(B, T, D)`` through the output projection."""
@@ -129,7 +136,8 @@ class MultiHeadAttention(nn.Module):
     def _self_projections(self, x: Array) -> tuple[Array, Array, Array]:
         """``Q, K, V`` ``(B, H, T, dh)`` of ``x`` ``(B, T, Dq)``, in ONE matmul: the three kernels
         side by side, ``(Dq, 3 D)`` (measured faster than three ``(Dq, D)`` products)."""
-        if not self.fused_qkv or self.is_initializing():
+        # under --tensor the three kernels are split by heads: three local products, no concatenation
+        if not self.fused_qkv or self.is_initializing() or parallel.tensor_size() > 1:
             return self._heads(self.query(x)), self._heads(self.key(x)), self._heads(self.value(x))
         b, t, _ = x.shape
         params = [m.variables["params"] for m in (self.query, self.key, self.value)]
@@ -140,12 +148,10 @@ class MultiHeadAttention(nn.Module):
         y = y.reshape(b, t, 3, self.num_heads, self.head_dim).transpose(2, 0, 3, 1, 4)
         return y[0], y[1], y[2]
 
-    def _attend(self, q, k, v, valid_lens, mask, train, causal=False):
+    def _attend(self, q, k, v, valid_lens, mask, train, causal=False, return_weights=False):
         rng = self.make_rng("dropout") if train and self.dropout > 0 else None
-        if causal:
-            return causal_attention(q, k, v, valid_lens, block=self.causal_block, dropout_rate=self.dropout,
-                                    dropout_rng=rng)
-        return dot_product_attention(q, k, v, valid_lens, mask, dropout_rate=self.dropout, dropout_rng=rng)
+        return attend(q, k, v, valid_lens, mask, causal=causal, impl=self.attention_impl, dropout_rate=self.dropout,
+                      dropout_rng=rng, causal_block=self.causal_block, return_weights=return_weights)
 
     def __call__(self, queries: Array, keys_values: Array | None = None, *, valid_lens: Array | None = None,
                  mask: Array | None = None, causal: bool = False, train: bool = False,
@@ -161,11 +167,7 @@ class MultiHeadAttention(nn.Module):
         else:
             q = self._heads(self.query(queries))
             k, v = self._heads(self.key(keys_values)), self._heads(self.value(keys_values))
-        blocked = causal and keys_values is None and mask is None and self.causal_block > 0
-        if causal and not blocked:
-            c = causal_mask(q.shape[2], k.shape[2])
-            mask = c if mask is None else mask & c.reshape((1,) * (jnp.ndim(mask) - 2) + c.shape)
-        out, weights = self._attend(q, k, v, valid_lens, mask, train, causal=blocked)
+        out, weights = self._attend(q, k, v, valid_lens, mask, train, causal=causal, return_weights=return_weights)
         return self._merge(out), (weights if return_weights else None)
 
     def init_cache(self, batch_size: int, max_len: int, dtype: Any = None) -> dict[str, Array]:

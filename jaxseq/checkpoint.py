@@ -36,6 +36,18 @@ is a jaxseq checkpoint if it holds the ``manifest`` item or ``checksums.json``
 (:func:`is_jaxseq_step`). Keeping the ``keep`` newest is done here, not by
 Orbax's ``max_to_keep`` (which would delete any numbered folder).
 
+Asynchronous saves (``async_save=True``, the CLI's ``--async-checkpoint``):
+Orbax copies the state from the devices to host memory (the only part that
+blocks the training loop; :attr:`Checkpointer.last_blocked_s`) and writes it
+in background threads; a jaxseq thread then waits for Orbax's commit and
+only then writes ``checksums.json`` and prunes. So the guarantees stay those
+of a synchronous save: a step is complete only once fully written; a kill
+during the write leaves Orbax's temporary directory (removed on the next
+start) and the previous checkpoint as the latest valid one. The next save,
+:meth:`Checkpointer.wait`, :meth:`Checkpointer.restore` and
+:meth:`Checkpointer.close` first finish the pending save, and raise its
+error, if any, as the same one line.
+
 A save that fails for lack of space (or any other operating-system error,
 also when Orbax or TensorStore wrap it) removes the partial step it started
 and raises one :class:`CheckpointError` line naming the step directory, the
@@ -45,10 +57,12 @@ reason and the last complete checkpoint.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -136,6 +150,34 @@ class _held_stderr:
         return False
 
 
+class _held_orbax_errors(logging.Filter):
+    """Hold the error records (with tracebacks) Orbax logs through absl while a background save runs.
+
+    A background save cannot hold file descriptor 2 (:class:`_held_stderr`) without holding the training
+    loop's own output; Orbax's threads report a failed write through the ``absl`` logger, so that is
+    held instead: dropped when the failure becomes one CheckpointError line, passed on otherwise.
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.held: list[logging.LogRecord] = []
+        self.logger = logging.getLogger("absl")
+        self.logger.addFilter(self)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno >= logging.ERROR:
+            self.held.append(record)
+            return False
+        return True
+
+    def close(self, keep: bool) -> None:
+        self.logger.removeFilter(self)
+        if keep:
+            for record in self.held:
+                self.logger.handle(record)
+        self.held = []
+
+
 class Checkpointer:
     """Saves and restores ``(state, data position, manifest)`` under ``directory``.
 
@@ -152,10 +194,14 @@ class Checkpointer:
     """
 
     def __init__(self, directory: str | Path, *, keep: int = 3, keep_best: bool = False,
-                 read_only: bool = False):
+                 read_only: bool = False, async_save: bool = False):
         self.directory = Path(directory).absolute()
-        self.keep, self.read_only = keep, read_only
+        self.keep, self.read_only, self.async_save = keep, read_only, async_save
         self.manager = self.best = None
+        self.last_blocked_s = 0.0             # seconds the last save() kept its caller waiting
+        self._pending: threading.Thread | None = None
+        self._pending_step: int | None = None
+        self._pending_error: BaseException | None = None
         if read_only:
             self._reader = ocp.Checkpointer(ocp.CompositeCheckpointHandler())
         else:
@@ -191,8 +237,12 @@ class Checkpointer:
                     shutil.rmtree(child, ignore_errors=True)
 
     def steps(self) -> list[int]:
-        """jaxseq's checkpoints, ascending; a reader lists only complete ones."""
-        return checkpoint_steps(self.directory, complete_only=self.read_only)
+        """jaxseq's checkpoints, ascending; a reader lists only complete ones, a writer also the step
+        its background save is writing."""
+        steps = checkpoint_steps(self.directory, complete_only=self.read_only)
+        if self._pending_step is not None and self._pending_step not in steps:
+            steps = sorted(steps + [self._pending_step])
+        return steps
 
     def latest_step(self) -> int | None:
         steps = self.steps()
@@ -214,38 +264,96 @@ class Checkpointer:
             return "no complete checkpoint has been written yet; free some space and start again with --restart"
         return f"the last complete checkpoint is step {last}; free some space and continue with --resume"
 
-    def _save(self, manager, root: Path, step: int, args, keep: int) -> None:
+    def _save(self, manager, root: Path, step: int, args, keep: int, background: bool = False) -> None:
         """Save, wait for the commit, write the checksums (process 0), then prune to ``keep``.
 
-        An operating-system failure (a full disk, ...) removes the step
-        directory and temporary directory this save created and raises one
-        CheckpointError line.
+        With ``background`` only Orbax's blocking part (the copy off the
+        devices) runs here; a thread waits for the commit and finishes
+        (:meth:`_finish`). An operating-system failure (a full disk, ...)
+        removes the step directory and temporary directory this save created
+        and raises one CheckpointError line (from :meth:`wait` or the next
+        save, for a background one).
         """
         step_dir = root / str(step)
         if step_dir.exists():
             foreign = "" if is_jaxseq_step(step_dir) else " and is not a jaxseq checkpoint"
             raise CheckpointError(f"{step_dir}: already exists{foreign}; move it out of the way and resume")
         before = {p.name for p in root.iterdir()} if root.is_dir() else set()
+        if background:
+            logs = _held_orbax_errors()
+            try:
+                manager.save(step, args=args, force=True)
+            except Exception as err:
+                logs.close(keep=os_error_reason(err) is None)
+                self._failed(err, manager, root, step, before, None)
+            self._pending_error, self._pending_step = None, step
+            self._pending = threading.Thread(target=self._finish_in_background,
+                                             args=(manager, root, step, keep, before, logs),
+                                             name=f"jaxseq-checkpoint-{step}", daemon=True)
+            self._pending.start()
+            return
         with _held_stderr() as held:
             try:
                 manager.save(step, args=args, force=True)
-                manager.wait_until_finished()
-                if jax.process_index() == 0:
-                    write_checksums(step_dir)
+                self._commit(manager, step_dir)
             except Exception as err:
-                reason = os_error_reason(err)
-                if reason is None:
-                    held.release()
-                    raise
-                self._remove_partial(root, step, before)
-                try:
-                    manager.reload()
-                except Exception:  # the manager may be unusable now; the error below is what matters
-                    pass
-                held.discard()
-                raise CheckpointError(f"{step_dir}: {reason}; {self._last_complete()}") from None
+                self._failed(err, manager, root, step, before, held)
         self._prune(root, keep)
         manager.reload()
+
+    @staticmethod
+    def _commit(manager, step_dir: Path) -> None:
+        """Wait until Orbax has committed ``step_dir``, then mark it complete (``checksums.json``, process 0)."""
+        manager.wait_until_finished()
+        if jax.process_index() == 0:
+            write_checksums(step_dir)
+
+    def _failed(self, err: BaseException, manager, root: Path, step: int, before: set[str], held) -> None:
+        """Turn a failed save into one CheckpointError line (OS errors), removing what it created."""
+        reason = os_error_reason(err)
+        if reason is None:
+            if held is not None:
+                held.release()
+            raise err
+        self._remove_partial(root, step, before)
+        try:
+            manager.reload()
+        except Exception:  # the manager may be unusable now; the error below is what matters
+            pass
+        if held is not None:
+            held.discard()
+        raise CheckpointError(f"{root / str(step)}: {reason}; {self._last_complete()}") from None
+
+    def _finish_in_background(self, manager, root: Path, step: int, keep: int, before: set[str],
+                              logs: _held_orbax_errors) -> None:
+        try:
+            try:
+                self._commit(manager, root / str(step))
+            except Exception as err:
+                self._failed(err, manager, root, step, before, None)
+            self._prune(root, keep)
+            manager.reload()
+        except BaseException as err:       # raised in the caller's thread by _join
+            self._pending_error = err
+        finally:
+            logs.close(keep=not isinstance(self._pending_error, CheckpointError))
+
+    def _join(self) -> None:
+        """Finish the pending background save (if any); raise its error."""
+        if self._pending is None:
+            return
+        self._pending.join()
+        self._pending, self._pending_step, error = None, None, self._pending_error
+        self._pending_error = None
+        if error is not None:
+            logs = _held_orbax_errors()
+            try:        # Orbax raises a failed save once per thread that waits: this thread's, reported below
+                self.manager.wait_until_finished()
+            except Exception:
+                pass
+            finally:
+                logs.close(keep=not isinstance(error, CheckpointError))
+            raise error
 
     @staticmethod
     def _remove_partial(root: Path, step: int, before: set[str]) -> None:
@@ -275,15 +383,28 @@ class Checkpointer:
                 _remove_dir(root / str(step))
 
     def save(self, step: int, state: Any, data: dict, manifest: dict) -> None:
-        """Save and wait for the commit, then write the checksums (process 0) and prune to ``keep``."""
+        """Save and wait for the commit, then write the checksums (process 0) and prune to ``keep``.
+
+        With ``async_save`` it returns once the state is off the devices; the
+        write, the checksums and the pruning finish in the background (module
+        docstring). :attr:`last_blocked_s` is how long the call took (waiting
+        for the previous save included).
+        """
         self._writer("save a checkpoint")
-        self._save(self.manager, self.directory, step, self._args(state, data, manifest), self.keep)
+        t = time.perf_counter()
+        try:
+            self._join()
+            self._save(self.manager, self.directory, step, self._args(state, data, manifest), self.keep,
+                       background=self.async_save)
+        finally:
+            self.last_blocked_s = time.perf_counter() - t
 
     def save_best(self, step: int, loss: float, state: Any, data: dict, manifest: dict) -> bool:
         """Keep ``state`` under ``best/`` if ``loss`` is the lowest seen so far."""
         self._writer("save a checkpoint")
         if self.best is None or not loss < self.best_loss:
             return False
+        self._join()
         best = self.directory / "best"
         if is_jaxseq_step(best / str(step)):    # written by a run that stopped before its next checkpoint
             if jax.process_index() == 0:
@@ -294,6 +415,8 @@ class Checkpointer:
         return True
 
     def wait(self) -> None:
+        """Finish every pending save (raising a background save's error)."""
+        self._join()
         if self.manager is not None:
             self.manager.wait_until_finished()
 
@@ -362,6 +485,12 @@ class Checkpointer:
         return restored.state, restored.data, step
 
     def close(self) -> None:
+        try:
+            self._join()
+        finally:
+            self._close()
+
+    def _close(self) -> None:
         if self._reader is not None:
             self._reader.close()
         for manager in (self.manager, self.best):

@@ -11,6 +11,8 @@
     jaxseq classify  --workdir DIR TEXT ...                    labels with probabilities
     jaxseq inspect   --workdir DIR | lm|translate [flags]   what the train step compiles to (--what, --out)
     jaxseq stats     [--data PATH]      n-gram statistics and a Zipf plot
+    jaxseq prepare   --data CORPUS --out DIR [tokenization flags]   token shards for `train lm --data DIR`
+    jaxseq prepare   --verify DIR       hash every shard of DIR against its index
     jaxseq data list | fetch NAME
 
 Every deliberate error ends with one line on stderr and a non-zero exit.
@@ -182,6 +184,8 @@ def build_parser() -> argparse.ArgumentParser:
     stats.add_argument("--top", type=int, default=10, help="how many n-grams of each order to list")
     stats.add_argument("--plot", type=Path, default=Path("zipf.png"), help="where to write the Zipf plot")
 
+    _add_prepare(commands)
+
     data = commands.add_parser("data", help="built-in and registered datasets")
     data_cmds = data.add_subparsers(dest="data_command", required=True, metavar="ACTION")
     data_cmds.add_parser("list", help="list the datasets")
@@ -215,6 +219,26 @@ def _add_inspect(commands) -> None:
         sub = tasks.add_parser(name, help=f"the train step `jaxseq train {name}` would run with these flags")
         _add_task_flags(sub, _task(name))
         options(sub, True)
+
+
+def _add_prepare(commands) -> None:
+    """``jaxseq prepare --data CORPUS --out DIR`` with `train lm`'s tokenization flags, or ``--verify DIR``."""
+    from jaxseq.config import add_arguments
+    from jaxseq.data.lm import LMDataConfig
+    from jaxseq.data.prepare import PrepareConfig
+    from jaxseq.data.shards import TRAINING_ONLY
+
+    prep = commands.add_parser("prepare", help="tokenize a corpus (file, directory or glob) once, in several "
+                               "processes, into memory-mappable token shards for `train lm --data DIR`")
+    prep.add_argument("--data", help="the corpus: a text file, a directory of text files, a glob (quoted) or "
+                      "a registered dataset")
+    prep.add_argument("--out", type=Path, help="the shard directory to write (new, empty or an earlier "
+                      "`jaxseq prepare` output)")
+    prep.add_argument("--verify", type=Path, default=None, metavar="DIR",
+                      help="instead: check every shard of DIR against its index, hashing every byte")
+    add_arguments(prep.add_argument_group("tokenization (as `jaxseq train lm`)"), LMDataConfig,
+                  exclude=TRAINING_ONLY)
+    add_arguments(prep.add_argument_group("prepare"), PrepareConfig)
 
 
 def _version() -> str:
@@ -383,6 +407,24 @@ def _cmd_stats(args) -> int:
     return 0
 
 
+def _cmd_prepare(args) -> int:
+    from jaxseq.config import from_args
+    from jaxseq.data import prepare
+    from jaxseq.errors import ConfigError
+
+    if args.verify is not None:
+        if args.data is not None or args.out is not None:
+            raise ConfigError("jaxseq prepare: give --verify DIR alone, or --data CORPUS --out DIR")
+        prepare.verify(args.verify)
+        return 0
+    if args.data is None or args.out is None:
+        raise ConfigError("jaxseq prepare: give --data CORPUS and --out DIR (or --verify DIR)")
+    given = {k: v for k, v in vars(args).items() if k in {f.name for f in dataclasses.fields(prepare.LMDataConfig)}
+             and k != "data"}
+    prepare.prepare(args.data, args.out, prepare.data_config(given), from_args(prepare.PrepareConfig, args))
+    return 0
+
+
 def _cmd_data(args) -> int:
     from jaxseq.data import corpora
 
@@ -410,7 +452,8 @@ def main(argv: list | None = None) -> int:
     from jaxseq.errors import JaxseqError
 
     handlers = {"inspect": _cmd_inspect, "evaluate": _cmd_evaluate, "generate": _cmd_generate, "translate": _cmd_translate,
-                "fill-mask": _cmd_fill_mask, "classify": _cmd_classify, "stats": _cmd_stats, "data": _cmd_data}
+                "fill-mask": _cmd_fill_mask, "classify": _cmd_classify, "stats": _cmd_stats, "data": _cmd_data,
+                "prepare": _cmd_prepare}
     try:
         if args.command == "train":
             spec = _train_spec(args)

@@ -33,6 +33,7 @@ from jaxseq import parallel
 from jaxseq import train as trainer
 from jaxseq.errors import ConfigError
 from jaxseq.optim import make_optimizer
+from jaxseq.tasks.runner import check_tensor
 
 WHAT = ("params", "jaxpr", "hlo", "cost", "memory", "all")
 
@@ -67,6 +68,7 @@ def step_program(task, run, vocab_sizes: tuple[int, ...]) -> StepProgram:
     """The train step ``runner.train`` would run for ``run`` (model built from the registry, the
     run's optimizer and mesh), with abstract state and batch."""
     spec = require_train_step(run)
+    check_tensor(run)
     mesh = parallel.mesh_from_config(run.parallel)
     parallel.check_batch_size(run.data.batch_size, mesh)
     model = spec.build(run, vocab_sizes)

@@ -62,9 +62,14 @@ class TrainConfig(Config):
     checkpoint_every: int = option(1000, "checkpoint every N steps (and always at the end)", minimum=0,
                                    resumable=True)
     keep: int = option(3, "how many recent checkpoints to keep", minimum=1, resumable=True)
+    async_checkpoint: bool = option(False, "write checkpoints in the background (Orbax async): the loop waits only "
+                                    "for the copy off the devices; a step counts once fully written",
+                                    resumable=True)
     keep_best: bool = option(False, "also keep the checkpoint with the lowest validation loss (checkpoints/best)")
     label_smoothing: float = option(0.0, "label smoothing of the training loss", minimum=0.0, below=1.0)
-    dtype: str = option("float32", "compute dtype (parameters and the loss stay float32)",
+    dtype: str = option("float32", "precision policy: float32, or bfloat16 = bf16 compute (matmuls, activations, "
+                        "attention; softmax and recurrences in float32) with float32 parameters, optimizer "
+                        "state, gradients and loss",
                         choices=("float32", "bfloat16"))
     remat: bool = option(False, "recompute activations in the backward pass (less memory, more compute)")
     time_limit: float | None = option(None, "stop after this many seconds of this run (checked every --log-every "
@@ -142,8 +147,8 @@ def state_shapes(model: nn.Module, tx: optax.GradientTransformation, batch: Batc
     shardings it places them with (``jax.eval_shape`` drops them); nothing is computed."""
     shapes = jax.eval_shape(lambda: create_state(model, tx, batch, seed, mesh, carry))
     struct = lambda s, sharding: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding)
-    state = jax.tree_util.tree_map(lambda s: struct(s, parallel.param_sharding(s.shape, mesh)),
-                                   shapes.replace(carry=None))
+    plain = shapes.replace(carry=None)
+    state = jax.tree_util.tree_map(struct, plain, parallel.state_sharding_tree(plain, mesh))
     along = parallel.batch_sharding(mesh)
     return state.replace(carry=jax.tree_util.tree_map(lambda s: struct(s, along), shapes.carry))
 
@@ -192,8 +197,12 @@ def _objective(heads: tuple[Objective, ...], outputs: Any, batch: Batch,
 
 
 def make_train_step(model: nn.Module, tx: optax.GradientTransformation, *, label_smoothing: float = 0.0,
-                    shardings: tuple[Any, Any] | None = None) -> Callable[[TrainState, Batch], tuple[TrainState, dict]]:
+                    shardings: tuple[Any, Any] | None = None,
+                    mesh: Mesh | None = None) -> Callable[[TrainState, Batch], tuple[TrainState, dict]]:
     """The jit-compiled ``(state, batch) -> (state, metrics)``; state is donated.
+
+    ``mesh``: traced under it (:func:`jaxseq.parallel.mesh_context`), so the
+    model's activation constraints apply (tensor parallelism).
 
     ``metrics``: ``nll_sum`` (unsmoothed), ``tokens``, ``loss`` (the
     optimised mean), ``grad_norm`` (before clipping), ``nonfinite`` (the
@@ -205,6 +214,10 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, *, label
 
     def step(state: TrainState, batch: Batch):
         traces[0] += 1
+        with parallel.mesh_context(mesh):
+            return _step(state, batch)
+
+    def _step(state: TrainState, batch: Batch):
         dropout_key = jax.random.fold_in(state.rng, state.step)
 
         def loss_fn(params):
@@ -236,7 +249,7 @@ def train_step_for(model: nn.Module, tx: optax.GradientTransformation, state: An
                    config: TrainConfig) -> Callable[[TrainState, Batch], tuple[TrainState, dict]]:
     """The train step :func:`fit` runs for ``state`` (concrete or abstract, with shardings) on ``mesh``."""
     return make_train_step(model, tx, label_smoothing=config.label_smoothing,
-                           shardings=(state_shardings(state), parallel.batch_sharding(mesh)))
+                           shardings=(state_shardings(state), parallel.batch_sharding(mesh)), mesh=mesh)
 
 
 def make_eval_step(model: nn.Module) -> Callable:
@@ -431,6 +444,11 @@ class _Periodic:
             return
         self.flush(step)
         self.checkpointer.save(step, state, self.batches.get_state(), dict(self.manifest or {}, step=step))
+        # how long the loop waited for this save (with --async-checkpoint: the copy off the devices, and the
+        # previous save if still being written)
+        record = {"step": step, "split": "checkpoint", "checkpoint_blocked_s": self.checkpointer.last_blocked_s,
+                  "wall_time": time.perf_counter() - self.t0}
+        self.metrics_log.write(record)
 
 
 def _due(every: int, step: int, total: int) -> bool:

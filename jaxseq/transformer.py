@@ -42,6 +42,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxseq import parallel
+from jaxseq.attention_impl import IMPLS, resolve_impl
 from jaxseq.attention_layers import MultiHeadAttention, Projection
 from jaxseq.config import Config, option
 from jaxseq.errors import ConfigError
@@ -73,15 +75,40 @@ class TransformerOptions(Config):
     norm: str = option("post", "transformer: layer norm after each residual addition (post, the paper's) "
                        "or before each sublayer (pre, GPT-2's)", choices=NORMS)
     scan_layers: bool = option(False, "transformer: run the blocks as one nn.scan (compile time flat in depth)")
+    attention_impl: str = option("auto", "transformer: attention kernel: jaxseq (hand-written, the reference), "
+                                 "xla or cudnn (jax.nn.dot_product_attention; cudnn: NVIDIA GPU, --dtype "
+                                 "bfloat16), auto (per platform, by measurement); no effect on the parameters",
+                                 choices=IMPLS, resumable=True, legacy="jaxseq")
 
     def check(self) -> None:
         if self.d_model % self.heads:
             raise ConfigError(f"--d-model {self.d_model} is not divisible by --heads {self.heads}")
 
-    def stack_options(self) -> dict[str, Any]:
-        """The keyword arguments of :class:`Stack` these options set."""
+    def tensor_sizes(self) -> dict[str, int]:
+        """What ``--tensor`` splits, by flag: the heads and the feed-forward width (it must divide both)."""
+        return {"--heads": self.heads, "--ffn": self.ffn or 4 * self.d_model}
+
+    def check_run(self, run: Any) -> None:
+        """Refuse (training) an ``--attention-impl`` this platform, ``--dtype`` or ``--dropout`` cannot run,
+        before anything is written (:func:`jaxseq.attention_impl.resolve_impl`, strict)."""
+        resolve_impl(self.attention_impl, dtype=run.train.compute_dtype, head_dim=self.d_model // self.heads,
+                     dropout=run.model.dropout)
+
+    def stack_options(self, dtype: Any = jnp.float32, dropout: float = 0.0) -> dict[str, Any]:
+        """The keyword arguments of :class:`Stack` these options set, ``--attention-impl`` resolved for
+        the compute ``dtype`` and ``dropout`` on this platform (not strict: a saved run's model builds
+        on any platform, with ``auto``'s choice where its own cannot run; training refused it already
+        in :meth:`check_run`)."""
+        impl = resolve_impl(self.attention_impl, dtype=dtype, head_dim=self.d_model // self.heads, dropout=dropout,
+                            strict=False)
         return dict(d_model=self.d_model, num_heads=self.heads, ffn=self.ffn or 4 * self.d_model,
-                    activation=self.ffn_activation, norm=self.norm, scan_layers=self.scan_layers)
+                    activation=self.ffn_activation, norm=self.norm, scan_layers=self.scan_layers,
+                    attention_impl=impl)
+
+
+def tensor_sizes(run: Any) -> dict[str, int]:
+    """``ModelSpec.tensor_sizes`` of a Transformer run (its ``transformer`` section)."""
+    return run.transformer.tensor_sizes()
 
 
 # -- pure functions -----------------------------------------------------------------------
@@ -168,6 +195,7 @@ class FeedForward(nn.Module):
         lead = x.shape[:-1]
         h = ACTIVATIONS[self.activation](Projection(self.hidden, dtype=self.dtype, name="dense1")(
             x.reshape(-1, x.shape[-1])))
+        h = parallel.constrain(h, ("batch", "mlp"))                # tensor parallelism: column split
         return Projection(self.d_model, dtype=self.dtype, name="dense2")(h).reshape(*lead, self.d_model)
 
 
@@ -249,11 +277,18 @@ class _Block(nn.Module):
     activation: str = "relu"
     sow_weights: bool = False
     causal_block: int = 64
+    attention_impl: str = "jaxseq"
     dtype: Any = jnp.float32
 
     def _mha(self, name: str) -> MultiHeadAttention:
         return MultiHeadAttention(self.num_heads, self.d_model, dropout=self.dropout,
-                                  causal_block=self.causal_block, dtype=self.dtype, name=name)
+                                  causal_block=self.causal_block, attention_impl=self.attention_impl,
+                                  dtype=self.dtype, name=name)
+
+    def _sowing(self) -> bool:
+        """Whether this call keeps the weights: ``sow_weights`` and the caller collects ``intermediates``
+        (otherwise the attention need not form them, and a fused ``--attention-impl`` can run)."""
+        return self.sow_weights and self.is_mutable_collection("intermediates")
 
     def _res(self, name: str) -> _Residual:
         return _Residual(self.norm, self.dropout, self.dtype, name=name)
@@ -277,9 +312,10 @@ class EncoderBlock(_Block):
 
     def __call__(self, x: Array, valid_lens: Array | None = None, *, train: bool = False) -> Array:
         """``valid_lens`` ``(B,)``: keys at or past a row's length are masked."""
+        sowing = self._sowing()
         y, w = self.attention(self.res1.before(x), valid_lens=valid_lens, train=train,
-                              return_weights=self.sow_weights)
-        if self.sow_weights:
+                              return_weights=sowing)
+        if sowing:
             self.sow("intermediates", "attention_weights", w)
         x = self.res1.after(x, y, train)
         return self.res2.after(x, self.feed(self.res2.before(x)), train)
@@ -300,17 +336,18 @@ class DecoderBlock(_Block):
     def __call__(self, x: Array, memory: Array | None = None, memory_valid_lens: Array | None = None, *,
                  train: bool = False) -> Array:
         """``x`` ``(B, T, D)``, ``memory`` ``(B, S, D)`` with ``memory_valid_lens`` ``(B,)`` -> ``(B, T, D)``."""
+        sowing = self._sowing()
         y, w = self.self_attention(self.res1.before(x), causal=True, train=train,
-                                   return_weights=self.sow_weights)
-        if self.sow_weights:
+                                   return_weights=sowing)
+        if sowing:
             self.sow("intermediates", "self_attention_weights", w)
         x = self.res1.after(x, y, train)
         if self.cross_attention:
             if memory is None:
                 raise ValueError("a decoder block with cross-attention needs the encoder output (memory)")
             y, w = self.cross(self.res2.before(x), memory, valid_lens=memory_valid_lens, train=train,
-                              return_weights=self.sow_weights)
-            if self.sow_weights:
+                              return_weights=sowing)
+            if sowing:
                 self.sow("intermediates", "cross_attention_weights", w)
             x = self.res2.after(x, y, train)
         return self.res3.after(x, self.feed(self.res3.before(x)), train)
@@ -355,6 +392,7 @@ class Stack(nn.Module):
     remat: bool = False
     sow_weights: bool = False
     causal_block: int = 64
+    attention_impl: str = "jaxseq"
     dtype: Any = jnp.float32
 
     def setup(self):
@@ -364,7 +402,7 @@ class Stack(nn.Module):
             raise ConfigError(f"activation must be one of {', '.join(ACTIVATIONS)}, got {self.activation!r}")
         kwargs = dict(d_model=self.d_model, num_heads=self.num_heads, ffn=self.ffn, dropout=self.dropout,
                       norm=self.norm, activation=self.activation, sow_weights=self.sow_weights,
-                      causal_block=self.causal_block, dtype=self.dtype)
+                      causal_block=self.causal_block, attention_impl=self.attention_impl, dtype=self.dtype)
         if self.decoder:
             make = lambda name: DecoderBlock(**kwargs, cross_attention=self.cross_attention, name=name)
         else:

@@ -42,4 +42,4 @@ def _command_lines():
 def test_command_lines_parse(line):
     args = cli.build_parser().parse_args(shlex.split(line)[1:])
     assert args.command in ("train", "evaluate", "generate", "translate", "fill-mask", "classify", "stats", "data",
-                            "inspect")
+                            "inspect", "prepare")

@@ -37,6 +37,7 @@ from jaxseq.cells.gated import (
     LAYOUTS,
     LSTM,
     RNN,
+    UNROLL,
     Array,
     Carry,
     Cell,
@@ -44,6 +45,7 @@ from jaxseq.cells.gated import (
     add_bias,
     get_cell,
     lengths_to_mask,
+    platform_unroll,
     rnn_cell,
     run,
 )
@@ -68,7 +70,7 @@ __all__ = [
     "Array", "Carry", "Params",
     # RNN, GRU, LSTM (jaxseq.cells.gated)
     "Cell", "RNN", "GRU", "GRU_BEFORE", "GRU_AFTER", "GRU_RESETS", "LSTM", "CELLS", "rnn_cell", "get_cell",
-    "LAYOUTS", "BACKWARDS", "add_bias", "lengths_to_mask", "run",
+    "LAYOUTS", "BACKWARDS", "add_bias", "lengths_to_mask", "run", "UNROLL", "platform_unroll",
     # minGRU, minLSTM (jaxseq.cells.minimal)
     "MinCell", "MINGRU", "MINLSTM", "MIN_CELLS", "get_min_cell", "MIN_RUNNERS", "LOG_ZERO",
     "min_g", "log_min_g", "min_update", "run_min", "mingru", "minlstm",

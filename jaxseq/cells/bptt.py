@@ -82,7 +82,7 @@ def _masked_core(cell, gx: dict, gh: dict, carry: Carry, keep: Array | None):
 # The custom VJP.
 # --------------------------------------------------------------------------------------
 
-def _forward_saving(cell, params, inputs, carry, keep, reverse, hoisted, remat):
+def _forward_saving(cell, params, inputs, carry, keep, reverse, hoisted, remat, unroll=1):
     """Forward scan that also returns what the backward pass needs per step.
 
     Saved per step: the carry before the step and, unless ``remat``, the
@@ -99,11 +99,11 @@ def _forward_saving(cell, params, inputs, carry, keep, reverse, hoisted, remat):
         saved_gx = None if (remat or hoisted) else gx
         return new, (h, (c, saved_gh, saved_gx))
 
-    carry_T, (hs, saved) = jax.lax.scan(body, carry, (inputs, keep), reverse=reverse)
+    carry_T, (hs, saved) = jax.lax.scan(body, carry, (inputs, keep), reverse=reverse, unroll=unroll)
     return carry_T, hs, saved
 
 
-def _backward_loop(cell, params, inputs, saved, keep, dcarry_T, dhs, reverse, hoisted):
+def _backward_loop(cell, params, inputs, saved, keep, dcarry_T, dhs, reverse, hoisted, unroll=1):
     """Reverse-time scan carrying ``dH`` only (the ``dH_{t-1}`` equation above);
     returns ``dcarry_0``, the per-step ``dA^x``, ``dA^h`` and the late gates' states ``U_t``."""
     carries, gh_all, gx_all = saved
@@ -124,7 +124,7 @@ def _backward_loop(cell, params, inputs, saved, keep, dcarry_T, dhs, reverse, ho
         return _add_to_hidden(dc_prev, back), (dgx, dgh, us)
 
     dcarry0, (dgx_all, dgh_all, us_all) = jax.lax.scan(
-        body, dcarry_T, (carries, gh_all, gx_all, xs, keep, dhs), reverse=not reverse)
+        body, dcarry_T, (carries, gh_all, gx_all, xs, keep, dhs), reverse=not reverse, unroll=unroll)
     return dcarry0, dgx_all, dgh_all, us_all
 
 
@@ -177,25 +177,25 @@ def _zero_cotangent(keep):
     return None if keep is None else np.zeros(keep.shape, jax.dtypes.float0)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 5, 6, 7))
-def _recurrence(cell, params, inputs, carry, keep, reverse, hoisted, remat):
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 5, 6, 7, 8))
+def _recurrence(cell, params, inputs, carry, keep, reverse, hoisted, remat, unroll=1):
     """The layer with a hand-written VJP. ``inputs``: time-major ``xs`` (step
     layout, ``params`` all weights) or the projections ``{g: a^x_g}``
     (hoisted, ``params`` the recurrent weights only)."""
-    carry_T, hs, _ = _forward_saving(cell, params, inputs, carry, keep, reverse, hoisted, remat)
+    carry_T, hs, _ = _forward_saving(cell, params, inputs, carry, keep, reverse, hoisted, remat, unroll)
     return carry_T, hs
 
 
-def _recurrence_fwd(cell, params, inputs, carry, keep, reverse, hoisted, remat):
-    carry_T, hs, saved = _forward_saving(cell, params, inputs, carry, keep, reverse, hoisted, remat)
+def _recurrence_fwd(cell, params, inputs, carry, keep, reverse, hoisted, remat, unroll=1):
+    carry_T, hs, saved = _forward_saving(cell, params, inputs, carry, keep, reverse, hoisted, remat, unroll)
     return (carry_T, hs), (params, inputs, saved, keep)
 
 
-def _recurrence_bwd(cell, reverse, hoisted, remat, res, cotangents):
+def _recurrence_bwd(cell, reverse, hoisted, remat, unroll, res, cotangents):
     params, inputs, saved, keep = res
     dcarry_T, dhs = cotangents
     dcarry0, dgx_all, dgh_all, us_all = _backward_loop(cell, params, inputs, saved, keep, dcarry_T, dhs,
-                                                       reverse, hoisted)
+                                                       reverse, hoisted, unroll)
     grads = _recurrent_grads(cell, params, saved[0], dgh_all, us_all)
     if hoisted:
         return grads, dgx_all, dcarry0, _zero_cotangent(keep)

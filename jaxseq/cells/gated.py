@@ -297,7 +297,7 @@ def lengths_to_mask(lengths: Array, steps: int) -> Array:
 # --------------------------------------------------------------------------------------
 
 def _scan_autodiff(cell: Cell, params: Params, xs_or_gx, carry: Carry, keep, reverse: bool, hoisted: bool,
-                   remat: bool):
+                   remat: bool, unroll: int = 1):
     def body(c, inp):
         x, m = inp
         gx = x if hoisted else cell.project_input(params, x)
@@ -305,7 +305,24 @@ def _scan_autodiff(cell: Cell, params: Params, xs_or_gx, carry: Carry, keep, rev
 
     if remat:
         body = jax.checkpoint(body)
-    return jax.lax.scan(body, carry, (xs_or_gx, keep), reverse=reverse)
+    return jax.lax.scan(body, carry, (xs_or_gx, keep), reverse=reverse, unroll=unroll)
+
+
+# --------------------------------------------------------------------------------------
+# How many steps per loop iteration, per platform (--scan-unroll 0).
+# --------------------------------------------------------------------------------------
+
+# Measured: on the project's 2-core CPU unroll=8 never helped (docs/DESIGN.md, "Fast by
+# measurement"). GPU and TPU: 1 until benchmarks/device_check.sh's GRU rows (unroll 1 vs 8)
+# say otherwise (benchmarks/README.md).
+UNROLL = {"cpu": 1, "gpu": 1, "tpu": 1}
+
+
+def platform_unroll(unroll: int = 0, backend: str | None = None) -> int:
+    """``unroll`` itself when positive, else the table's entry for ``backend`` (default: JAX's)."""
+    if unroll > 0:
+        return unroll
+    return UNROLL.get(backend or jax.default_backend(), 1)
 
 
 # --------------------------------------------------------------------------------------
@@ -315,7 +332,7 @@ def _scan_autodiff(cell: Cell, params: Params, xs_or_gx, carry: Carry, keep, rev
 def run(cell: Cell, params: Params, xs: Array | None, carry: Carry | None = None, *,
         projected: dict[str, Array] | None = None, lengths: Array | None = None,
         mask: Array | None = None, reverse: bool = False, layout: str = "hoisted",
-        backward: str = "custom", remat: bool = False) -> tuple[Carry, Array]:
+        backward: str = "custom", remat: bool = False, unroll: int = 1) -> tuple[Carry, Array]:
     """Run ``cell`` over a batch of sequences with ``jax.lax.scan``.
 
     Args:
@@ -336,6 +353,9 @@ def run(cell: Cell, params: Params, xs: Array | None, carry: Carry | None = None
         gates there (less memory for long sequences, one more recurrent
         product per step); with ``autodiff`` this is ``jax.checkpoint`` on
         the scan body.
+      unroll: time steps per iteration of the compiled loop (``lax.scan``'s
+        ``unroll``, forward and backward scans alike); the results are the
+        same for any value (:func:`platform_unroll` picks one per platform).
 
     Returns:
       ``(final_carry, hs)`` with ``hs`` of shape ``(B, T, H)``.
@@ -359,8 +379,8 @@ def run(cell: Cell, params: Params, xs: Array | None, carry: Carry | None = None
     if hoisted and projected is None:
         time_major = cell.project_input(params, time_major)
     if backward == "autodiff":
-        carry, hs = _scan_autodiff(cell, params, time_major, carry, keep, reverse, hoisted, remat)
+        carry, hs = _scan_autodiff(cell, params, time_major, carry, keep, reverse, hoisted, remat, unroll)
     else:
         used = {k: params[k] for k in cell.recurrent_names()} if hoisted else params
-        carry, hs = _recurrence(cell, used, time_major, carry, keep, reverse, hoisted, remat)
+        carry, hs = _recurrence(cell, used, time_major, carry, keep, reverse, hoisted, remat, unroll)
     return carry, jnp.swapaxes(hs, 0, 1)

@@ -223,19 +223,19 @@ def _min_parallel(log_a: Array, log_b: Array, h0: Array, reverse: bool) -> Array
     return _min_parallel_forward(log_a, log_b, h0)
 
 
-def _min_sequential(log_a: Array, log_b: Array, h0: Array, reverse: bool) -> Array:
+def _min_sequential(log_a: Array, log_b: Array, h0: Array, reverse: bool, unroll: int = 1) -> Array:
     """All ``H_t`` ``(T, B, H)`` by ``lax.scan`` over :func:`min_update`, one step at a time."""
     def body(h, coeffs):
         h = min_update(h, *coeffs)
         return h, h
 
-    return jax.lax.scan(body, h0, (log_a, log_b), reverse=reverse)[1]
+    return jax.lax.scan(body, h0, (log_a, log_b), reverse=reverse, unroll=unroll)[1]
 
 
 def run_min(cell: MinCell, params: Params, xs: Array | None, carry: Array | None = None, *,
             projected: dict[str, Array] | None = None, lengths: Array | None = None,
             mask: Array | None = None, resets: Array | None = None, reverse: bool = False,
-            runner: str = "parallel") -> tuple[Array, Array]:
+            runner: str = "parallel", unroll: int = 1) -> tuple[Array, Array]:
     """Run a minimal cell over a batch of sequences.
 
     Args:
@@ -251,6 +251,8 @@ def run_min(cell: MinCell, params: Params, xs: Array | None, carry: Array | None
         training; its backward pass is hand-written, one more scan) or
         ``"sequential"`` (``lax.scan`` over the same step, as in generation;
         differentiated by JAX). Both compute the same function.
+      unroll: steps per loop iteration of the sequential runner (``lax.scan``'s
+        ``unroll``; same results for any value).
 
     Returns:
       ``(final_state (B, H), hs (B, T, H))``; the final state is the state at
@@ -274,8 +276,10 @@ def run_min(cell: MinCell, params: Params, xs: Array | None, carry: Array | None
     work = jnp.float64 if dtype == jnp.float64 else jnp.float32
     gx = {g: jnp.swapaxes(a, 0, 1).astype(work) for g, a in gx.items()}
     log_a, log_b = _masked_log_coeffs(cell, gx, keep, resets)
-    scan = _min_parallel if runner == "parallel" else _min_sequential
-    hs = scan(log_a, log_b, carry.astype(work), reverse)
+    if runner == "parallel":
+        hs = _min_parallel(log_a, log_b, carry.astype(work), reverse)
+    else:
+        hs = _min_sequential(log_a, log_b, carry.astype(work), reverse, unroll)
     final = hs[0] if reverse else hs[-1]
     if keep is not None:
         hs = jnp.where(keep[..., None], hs, 0.0)

@@ -22,12 +22,16 @@ would have seen (:mod:`jaxseq.data.epochs`).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Callable
 import numpy as np
 
-from jaxseq.config import Config, option
+from jaxseq.config import Config, option, to_dict
 from jaxseq.data import text as text_lib
+from jaxseq.data import tokens as tokens_lib
 from jaxseq.data.epochs import EpochBatches, fold_rng, shard_rows
+from jaxseq.data.shards import TokenStream, is_prepared, take_windows
 from jaxseq.data.vocab import (RESERVED_STRINGS, UNK, Vocab, count_reserved, require_real_tokens,
                                reserved_warning)
 from jaxseq.errors import ConfigError, DataError
@@ -47,13 +51,18 @@ def _saved_eval_context(saved: dict) -> str:
 class LMDataConfig(Config):
     """Where the text comes from and how it is cut into batches."""
 
-    data: str = option("builtin", "a text file, 'builtin' (the Python reference shipped with CPython) "
-                       "or a registered dataset (see `jaxseq data list`)")
-    tokens: str = option("char", "token level", choices=text_lib.TOKEN_CHOICES)
+    data: str = option("builtin", "a text file, 'builtin' (the Python reference shipped with CPython), "
+                       "a registered dataset (see `jaxseq data list`) or a directory of token shards written by "
+                       "`jaxseq prepare` (read by memory map; its tokenization settings are the run's)")
+    tokens: str = option("char", "token level: characters, words, or subwords trained on the training split "
+                         "(bpe, wordpiece; byte-level, exactly reversible)", choices=tokens_lib.TOKEN_CHOICES)
+    vocab_size: int | None = option(None, tokens_lib.VOCAB_SIZE_HELP, minimum=1)
     preprocess: str = option("none", "text preprocessing", choices=text_lib.PREPROCESS_CHOICES)
-    valid_fraction: float = option(0.1, "the last fraction of the token stream held out for validation",
+    valid_fraction: float = option(0.1, "the last fraction of the token stream held out for validation (subwords: "
+                                   "of the characters, cut before the tokenizer is trained)",
                                    above=0.0, below=1.0)
-    min_freq: int = option(1, "tokens seen fewer times than this become <unk>", minimum=1)
+    min_freq: int = option(1, "tokens seen fewer times than this become <unk> (subwords: pairs seen fewer times "
+                           "are not merged)", minimum=1)
     seq_len: int = option(35, "time steps per window", minimum=1)
     batch_size: int = option(32, "windows per batch (the global batch, over all devices and hosts)", minimum=1)
     sampling: str = option("random", "how windows are dealt: random (state reset per batch) or "
@@ -63,15 +72,28 @@ class LMDataConfig(Config):
                                "--seq-len tokens); Transformers always read windows", choices=EVAL_CONTEXTS,
                                legacy=_saved_eval_context)
 
+    def check(self) -> None:
+        tokens_lib.check_vocab_size(self.tokens, self.vocab_size)
+
 
 @dataclass
 class LMCorpus:
-    """A tokenized corpus split into training and validation id streams."""
+    """A tokenized corpus split into training and validation id streams.
 
-    train: np.ndarray      # (N_train,) int32
-    valid: np.ndarray      # (N_valid,) int32
+    From prepared shards (``jaxseq prepare``) ``train`` is a memory-mapped
+    :class:`~jaxseq.data.shards.TokenStream` and ``fingerprint`` the hash of
+    the index's shard hashes; from a text file both are in memory.
+    """
+
+    train: np.ndarray | TokenStream      # (N_train,) int32, or the shards' stream
+    valid: np.ndarray                    # (N_valid,) int32
     vocab: Vocab
     source: str
+    fingerprint: str | None = None       # the data fingerprint when it is not a hash of the ids
+
+    @property
+    def sharded(self) -> bool:
+        return isinstance(self.train, TokenStream)
 
     @property
     def train_tokens(self) -> int:
@@ -100,7 +122,11 @@ def load_corpus(config: LMDataConfig, vocab: Vocab | None = None) -> LMCorpus:
     from jaxseq.data import corpora
 
     config.validate()
+    if is_prepared(config.data):
+        return load_shards(config, vocab)
     text, source = corpora.load_text(config.data)
+    if tokens_lib.is_subword(config.tokens):
+        return _load_subword_corpus(config, text, source, vocab)
     tokens = tokens_from_config(config, text)
     if len(tokens) < 4:
         raise DataError(f"{source}: only {len(tokens)} tokens after preprocessing; give more text")
@@ -119,19 +145,52 @@ def load_corpus(config: LMDataConfig, vocab: Vocab | None = None) -> LMCorpus:
     return LMCorpus(train=train, valid=valid, vocab=vocab, source=source)
 
 
+def load_shards(config: LMDataConfig, vocab: Vocab | None = None) -> LMCorpus:
+    """A corpus from the shard directory ``config.data`` (see :mod:`jaxseq.data.shards`): the training
+    stream memory-mapped, validation read whole, the vocabulary the index's (``vocab``: the run's saved
+    one, refused if it is another)."""
+    from jaxseq.data import shards
+
+    saved = shards.tokenization(config.data)
+    for name, value in to_dict(config).items():
+        if name in saved and saved[name] != value:
+            flag = "--" + name.replace("_", "-")
+            raise DataError(f"{config.data}: prepared with {flag} {saved[name]}, the run has {flag} {value}; "
+                            "train on shards prepared with the run's settings, or start a new --workdir")
+    opened = shards.open_prepared(config.data, vocab)
+    return LMCorpus(train=opened.train, valid=opened.valid, vocab=opened.vocab, source=str(config.data),
+                    fingerprint=opened.fingerprint)
+def _load_subword_corpus(config: LMDataConfig, text: str, source: str, vocab: Vocab | None) -> LMCorpus:
+    """The subword path: the last ``valid_fraction`` of the *characters* is validation, the tokenizer is
+    trained on the rest only, and each split is encoded on its own."""
+    text = text_lib.preprocess(text, config.preprocess)
+    n_valid = int(round(len(text) * config.valid_fraction))
+    train_text, valid_text = text[: len(text) - n_valid], text[len(text) - n_valid:]
+    if vocab is None:
+        vocab = tokens_lib.build_vocab(config.tokens, [train_text], min_freq=config.min_freq,
+                                       vocab_size=config.vocab_size, reserved_tokens=(UNK,), source=source)
+    train = tokens_lib.encode(vocab, train_text, config.tokens)
+    valid = tokens_lib.encode(vocab, valid_text, config.tokens)
+    if len(train) + len(valid) < 4:
+        raise DataError(f"{source}: only {len(train) + len(valid)} tokens after preprocessing; give more text")
+    return LMCorpus(train=train, valid=valid, vocab=vocab, source=source)
+
+
 class LMBatches(EpochBatches):
     """Training batches over epochs, resumable from ``(epoch, index)`` (see :mod:`jaxseq.data.epochs`).
 
     ``shard=(i, n)`` gives host ``i`` of ``n`` its rows ``[i B/n, (i+1) B/n)``
     of every global batch, so the hosts together see exactly the global batch.
+    ``ids`` is an array or the memory-mapped :class:`TokenStream` of prepared
+    shards: the same windows either way, and only this host's rows are read.
     """
 
-    def __init__(self, ids: np.ndarray, *, seq_len: int, batch_size: int, sampling: str = "random",
+    def __init__(self, ids: np.ndarray | TokenStream, *, seq_len: int, batch_size: int, sampling: str = "random",
                  seed: int = 0, shard: tuple[int, int] = (0, 1)):
         super().__init__()
         if sampling not in SAMPLING_CHOICES:
             raise ConfigError(f"--sampling must be one of {', '.join(SAMPLING_CHOICES)}, got {sampling!r}")
-        self.ids = np.asarray(ids, dtype=np.int32)
+        self.ids = ids if isinstance(ids, TokenStream) else np.asarray(ids, dtype=np.int32)
         self.seq_len, self.batch_size, self.sampling, self.seed = seq_len, batch_size, sampling, seed
         self.rows = shard_rows(batch_size, shard)
         if self.batches_per_epoch < 1:
@@ -152,26 +211,73 @@ class LMBatches(EpochBatches):
             return self._num_windows(worst) // self.batch_size
         return (len(self.ids) - worst - 1) // self.batch_size // self.seq_len
 
-    def window_starts(self, epoch: int) -> np.ndarray:
-        """``(batches_per_epoch, B)`` start positions of every window of an epoch (the epoch's layout)."""
-        offset, nb, b, t = self._offset(epoch), self.batches_per_epoch, self.batch_size, self.seq_len
+    def layout(self, epoch: int) -> tuple[int, np.ndarray | int]:
+        """What fixes ``epoch``'s windows, compactly: ``(offset, order)`` for random sampling (``order``:
+        the window permutation as int32 where it fits, 4 bytes per window), ``(offset, stream_len)`` for
+        sequential (nothing per window), so a corpus larger than memory costs little here."""
+        offset = self._offset(epoch)
         if self.sampling == "random":
-            order = fold_rng(self.seed, epoch).permutation(self._num_windows(offset))
-            return offset + t * order[: nb * b].reshape(nb, b)
-        stream_len = (len(self.ids) - offset - 1) // b
-        return offset + stream_len * np.arange(b)[None, :] + t * np.arange(nb)[:, None]
+            n = self._num_windows(offset)
+            order = np.arange(n, dtype=np.int32 if n < 2 ** 31 else np.int64)
+            fold_rng(self.seed, epoch).shuffle(order)        # the same order as permutation(n), in place
+            return offset, order[: self.batches_per_epoch * self.batch_size]
+        return offset, (len(self.ids) - offset - 1) // self.batch_size
 
-    layout = window_starts
+    def starts(self, epoch: int, index: int, layout: tuple | None = None) -> np.ndarray:
+        """``(B,)`` start positions of the windows of batch ``index`` of ``epoch`` (every row)."""
+        offset, order = self.layout(epoch) if layout is None else layout
+        b, t = self.batch_size, self.seq_len
+        if self.sampling == "random":
+            return offset + t * order[index * b: (index + 1) * b].astype(np.int64)
+        return offset + order * np.arange(b, dtype=np.int64) + t * index
 
-    def batch(self, epoch: int, index: int, starts: np.ndarray | None = None) -> Batch:
+    def window_starts(self, epoch: int) -> np.ndarray:
+        """``(batches_per_epoch, B)`` start positions of every window of an epoch (all batches at once)."""
+        layout = self.layout(epoch)
+        return np.stack([self.starts(epoch, i, layout) for i in range(self.batches_per_epoch)])
+
+    def batch(self, epoch: int, index: int, layout: tuple | None = None) -> Batch:
         """Batch ``index`` of ``epoch`` (this host's rows)."""
-        if starts is None:
-            starts = self.window_starts(epoch)
-        rows = starts[index, self.rows]
-        pos = rows[:, None] + np.arange(self.seq_len + 1)[None, :]
-        window = self.ids[pos]
+        window = take_windows(self.ids, self.starts(epoch, index, layout)[self.rows], self.seq_len + 1)
         return {"inputs": window[:, :-1], "targets": window[:, 1:],
                 "weights": np.ones(window[:, 1:].shape, np.float32)}
+
+
+class EvalBatches(Sequence):
+    """:func:`eval_batches`, one batch at a time: batch ``i`` is gathered from ``ids`` (an array or the
+    memory-mapped held-out shard) when it is read, so scoring a held-out text larger than memory holds one
+    ``(B, T)`` batch. ``each`` (e.g. :func:`jaxseq.parallel.local_rows`) is applied to every batch.
+
+    Row ``r``, column ``c`` of the layout is pair ``p = r * per_row + c``: input ``ids[p]``, target
+    ``ids[p + 1]``, weight 1 for ``p < n = len(ids) - 1``, else padding (0, 0, weight 0).
+    """
+
+    def __init__(self, ids: np.ndarray, *, seq_len: int, batch_size: int,
+                 each: Callable[[Batch], Batch] | None = None):
+        self.ids, self.seq_len, self.batch_size, self.each = ids, seq_len, batch_size, each
+        self.n = len(ids) - 1
+        if self.n < 1:
+            raise DataError("the validation text has fewer than 2 tokens; lower --valid-fraction or give more text")
+        per_row = -(-self.n // batch_size)
+        self.per_row = -(-per_row // seq_len) * seq_len
+
+    def __len__(self) -> int:
+        return self.per_row // self.seq_len
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(len(self)))]
+        if not -len(self) <= i < len(self):
+            raise IndexError(f"batch {i} of {len(self)}")
+        s = (i % len(self)) * self.seq_len
+        pos = (np.arange(self.batch_size) * self.per_row)[:, None] + s + np.arange(self.seq_len)[None, :]
+        real = pos < self.n
+        at = np.minimum(pos, self.n - 1)
+        ids = self.ids
+        batch = {"inputs": np.where(real, ids[at], 0).astype(np.int32),
+                 "targets": np.where(real, ids[at + 1], 0).astype(np.int32),
+                 "weights": real.astype(np.float32)}
+        return batch if self.each is None else self.each(batch)
 
 
 def eval_batches(ids: np.ndarray, *, seq_len: int, batch_size: int) -> list[Batch]:
@@ -181,18 +287,7 @@ def eval_batches(ids: np.ndarray, *, seq_len: int, batch_size: int) -> list[Batc
     streams of equal length (padded at the end with weight 0) and cut into
     windows; window ``i + 1`` of a row continues window ``i``, so a recurrent
     state may be carried. All batches have shape ``(B, T)``, so evaluation
-    compiles once, and the weight total is exactly ``n``.
+    compiles once, and the weight total is exactly ``n``. (:class:`EvalBatches`
+    gives the same batches one at a time.)
     """
-    ids = np.asarray(ids, dtype=np.int32)
-    n = len(ids) - 1
-    if n < 1:
-        raise DataError("the validation text has fewer than 2 tokens; lower --valid-fraction or give more text")
-    per_row = -(-n // batch_size)
-    per_row = -(-per_row // seq_len) * seq_len
-    total = per_row * batch_size
-    pad = total - n
-    inputs = np.concatenate([ids[:-1], np.zeros(pad, np.int32)]).reshape(batch_size, per_row)
-    targets = np.concatenate([ids[1:], np.zeros(pad, np.int32)]).reshape(batch_size, per_row)
-    weights = np.concatenate([np.ones(n, np.float32), np.zeros(pad, np.float32)]).reshape(batch_size, per_row)
-    return [{"inputs": inputs[:, s:s + seq_len], "targets": targets[:, s:s + seq_len],
-             "weights": weights[:, s:s + seq_len]} for s in range(0, per_row, seq_len)]
+    return list(EvalBatches(np.asarray(ids, dtype=np.int32), seq_len=seq_len, batch_size=batch_size))

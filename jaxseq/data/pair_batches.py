@@ -48,6 +48,7 @@ import numpy as np
 
 from jaxseq.data.epochs import EpochBatches, fold_rng, shard_rows
 from jaxseq.data.pairs import Pair, normalize, tokenize
+from jaxseq.data.subword import SubwordVocab
 from jaxseq.data.vocab import BOS, EOS, PAD, Vocab
 from jaxseq.errors import ConfigError, DataError
 
@@ -128,17 +129,24 @@ def _gather(flat: np.ndarray, start: np.ndarray, length: np.ndarray, width: int,
     return np.where(valid, flat[idx] if flat.size else 0, pad).astype(np.int32)
 
 
-def _encode_side(sentences: list[list[str]], vocab: Vocab, max_len: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Ragged ``(ids, start, length)`` of ``x1..xm <eos>`` cut to ``max_len``, for every sentence."""
-    get, unk = vocab.text_to_idx.get, vocab.unk                    # words spelled like <eos> become <unk>
-    full = np.fromiter((len(s) for s in sentences), dtype=np.int64, count=len(sentences)) + 1
-    words = np.fromiter((get(t, unk) for s in sentences for t in s), dtype=np.int32, count=int(full.sum()) - len(full))
+def _encode_side(sentences: list[list[str]], vocab: Vocab,
+                 max_len: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Ragged ``(ids, start, length)`` of ``x1..xm <eos>`` cut to ``max_len``, for every sentence, and each
+    sentence's uncut length ``m + 1`` (``x`` are words, or the subwords of the words joined by spaces)."""
+    if isinstance(vocab, SubwordVocab):
+        words, lengths = vocab.encode_sentences(sentences)
+        full = lengths + 1
+    else:
+        get, unk = vocab.text_to_idx.get, vocab.unk                # words spelled like <eos> become <unk>
+        full = np.fromiter((len(s) for s in sentences), dtype=np.int64, count=len(sentences)) + 1
+        words = np.fromiter((get(t, unk) for s in sentences for t in s), dtype=np.int32,
+                            count=int(full.sum()) - len(full))
     ids = np.insert(words, np.cumsum(full - 1), vocab.eos)          # <eos> after each sentence
     first = np.cumsum(full) - full                                  # where each sentence starts in ids
     keep = np.arange(len(ids)) - np.repeat(first, full) < max_len   # position in its sentence < max_len
     lengths = np.minimum(full, max_len).astype(np.int32)
     start = np.cumsum(lengths, dtype=np.int64) - lengths
-    return ids[keep], start, lengths
+    return ids[keep], start, lengths, full
 
 
 def encode_pairs(pairs: Sequence[Pair], src_vocab: Vocab, tgt_vocab: Vocab, max_len: int) -> EncodedPairs:
@@ -149,9 +157,9 @@ def encode_pairs(pairs: Sequence[Pair], src_vocab: Vocab, tgt_vocab: Vocab, max_
     """
     check_vocab(src_vocab, "source")
     check_vocab(tgt_vocab, "target")
-    src_ids, src_start, src_len = _encode_side([p.src for p in pairs], src_vocab, max_len)
-    tgt_ids, tgt_start, tgt_len = _encode_side([p.tgt for p in pairs], tgt_vocab, max_len)
-    truncated = sum(1 for p in pairs if max(len(p.src), len(p.tgt)) + 1 > max_len)
+    src_ids, src_start, src_len, src_full = _encode_side([p.src for p in pairs], src_vocab, max_len)
+    tgt_ids, tgt_start, tgt_len, tgt_full = _encode_side([p.tgt for p in pairs], tgt_vocab, max_len)
+    truncated = int(np.count_nonzero(np.maximum(src_full, tgt_full) > max_len))
     return EncodedPairs(src_ids, src_start, src_len, tgt_ids, tgt_start, tgt_len, truncated, max_len,
                         src_pad=src_vocab.pad, tgt_pad=tgt_vocab.pad, bos=tgt_vocab.bos)
 
@@ -281,12 +289,16 @@ def source_batch(encodings: Sequence[SourceEncoding], *, pad: int = 0,
 
 
 def decode_target(ids: Sequence[int] | np.ndarray, vocab: Vocab) -> str:
-    """Words of target ids up to the first ``<eos>``, without ``<pad>``/``<bos>``, joined by spaces."""
+    """Words of target ids up to the first ``<eos>``, without ``<pad>``/``<bos>``, joined by spaces
+    (a subword vocabulary's text of those ids: exactly the sentence it encodes)."""
     eos, drop = vocab.eos, {vocab.pad, vocab.bos}
     words = []
     for i in np.asarray(ids).reshape(-1).tolist():
         if i == eos:
             break
         if i not in drop:
-            words.append(vocab.idx_to_token[i])
-    return " ".join(words)
+            words.append(i)
+    if isinstance(vocab, SubwordVocab):
+        return vocab.decode_text(words)
+    table = vocab.idx_to_token
+    return " ".join(table[i] for i in words)

@@ -28,9 +28,14 @@ Splits
     they are encoded; see :mod:`jaxseq.data.pair_batches`).
 
 Vocabularies
-    Separate source and target vocabularies, built from the *training* split
-    only, reserve ``<pad> <bos> <eos> <unk>`` (``<pad>`` is 0); words seen
-    fewer than ``min_freq`` times become ``<unk>``.
+    Separate source and target vocabularies (or one joint vocabulary with
+    ``joint_vocab``), built from the *training* split only through
+    :func:`jaxseq.data.tokens.build_vocab`, reserve ``<pad> <bos> <eos> <unk>``
+    (``<pad>`` is 0); words seen fewer than ``min_freq`` times become
+    ``<unk>``. With ``tokens`` ``bpe`` / ``wordpiece`` a sentence is its
+    normalised words joined by single spaces, cut into byte-level subwords
+    (never ``<unk>``); ``--max-len`` then counts subwords, and a decoded
+    translation is exactly such a sentence, so BLEU compares like with like.
 """
 
 from __future__ import annotations
@@ -43,6 +48,7 @@ from typing import Sequence
 import numpy as np
 
 from jaxseq.config import Config, option
+from jaxseq.data import tokens as tokens_lib
 from jaxseq.data.epochs import fold_rng
 from jaxseq.data.pair_batches import (BUCKET_CHOICES, Batch, EncodedPairs, SourceEncoding, TranslationBatches,
                                       bucket_widths, check_vocab, decode_target, encode_pairs, encode_source,
@@ -51,7 +57,7 @@ from jaxseq.data.pairs import (GENERATED_TASKS, ON_BAD_LINE_CHOICES, PREPROCESS_
                                first_two_warning, gc_paused, iter_pairs, normalize, pair_bytes, read_pairs,
                                summarize_skipped, tokenize)
 from jaxseq.data.text import warn
-from jaxseq.data.vocab import DEFAULT_RESERVED, Vocab, count_reserved, require_real_tokens, reserved_warning
+from jaxseq.data.vocab import DEFAULT_RESERVED, Vocab, count_reserved, reserved_warning
 from jaxseq.errors import ConfigError, DataError
 
 __all__ = [
@@ -82,7 +88,15 @@ class TranslationDataConfig(Config):
                        "or the generated task 'dates'")
     preprocess: str = option("d2l", "text normalisation: d2l (D2L's fra-eng rule: lowercase, no-break spaces "
                              "to spaces, a space before , . ! ?) or none", choices=PREPROCESS_CHOICES)
-    min_freq: int = option(2, "words seen fewer times than this in the training split become <unk>", minimum=1)
+    tokens: str = option("word", "token level: words, or subwords trained on the training split (bpe, wordpiece; "
+                         "byte-level, exactly reversible)", choices=("word",) + tokens_lib.SUBWORD)
+    vocab_size: int | None = option(None, tokens_lib.VOCAB_SIZE_HELP + "; with --joint-vocab the shared one's size",
+                                    minimum=1)
+    joint_vocab: bool = option(False, "one vocabulary for both languages, built from the source and target "
+                               "training sentences together (saved as both src_vocab.json and tgt_vocab.json); "
+                               "default: one per language")
+    min_freq: int = option(2, "words seen fewer times than this in the training split become <unk> (subwords: "
+                           "pairs seen fewer times are not merged)", minimum=1)
     max_len: int = option(16, "longest sentence in tokens, <eos> included; longer ones are cut or dropped "
                           "(see --overflow)", minimum=2)
     max_pairs: int | None = option(None, "use only the first this many pairs of the file (none: all)", minimum=1)
@@ -97,10 +111,12 @@ class TranslationDataConfig(Config):
                               "side) stops reading, naming file and line (error), or is dropped and counted (skip); "
                               "with first-two a line of more than two fields gives its first two (with a warning) "
                               "and other malformed lines stop", choices=ON_BAD_LINE_CHOICES)
-    overflow: str = option("truncate", "pairs longer than --max-len are cut (truncate) or removed (drop)",
+    overflow: str = option("truncate", "pairs longer than --max-len are cut (truncate) or removed (drop; counted "
+                           "in words, also with subwords, since pairs are dropped before the tokenizer is trained)",
                            choices=OVERFLOW_CHOICES)
 
     def check(self) -> None:
+        tokens_lib.check_vocab_size(self.tokens, self.vocab_size)
         if self.valid_fraction + self.test_fraction >= 1.0:
             raise ConfigError(f"--valid-fraction {self.valid_fraction} plus --test-fraction {self.test_fraction} "
                               "leaves no training pairs; make them smaller")
@@ -141,20 +157,25 @@ def split_pairs(pairs: Sequence[Pair], *, split: str = "random", valid_fraction:
     return train, valid, test
 
 
-def build_vocabs(train: Sequence[Pair], min_freq: int = 2, *, source: str = "the data") -> tuple[Vocab, Vocab]:
-    """Source and target vocabularies of the training pairs (``<pad>`` is 0).
+def build_vocabs(train: Sequence[Pair], min_freq: int = 2, *, source: str = "the data", tokens: str = "word",
+                 vocab_size: int | None = None, joint: bool = False) -> tuple[Vocab, Vocab]:
+    """Source and target vocabularies of the training pairs (``<pad>`` is 0), through
+    :func:`jaxseq.data.tokens.build_vocab` (``tokens``: word, bpe or wordpiece).
 
-    A side whose vocabulary would hold no real word (``min_freq`` above every
-    count) is refused with a DataError naming ``--min-freq``.
+    ``joint``: one vocabulary of both sides, returned twice. A side whose
+    word vocabulary would hold no real word (``min_freq`` above every count)
+    is refused with a DataError naming ``--min-freq``.
     """
-    vocabs = []
-    for side, what in (("src", "source word"), ("tgt", "target word")):
-        vocab = Vocab.build((t for p in train for t in getattr(p, side)), min_freq=min_freq,
-                            reserved_tokens=DEFAULT_RESERVED)
-        require_real_tokens(vocab, (t for p in train for t in getattr(p, side)), min_freq=min_freq, source=source,
-                            what=what, of=f"the {len(train)} training pairs")
-        vocabs.append(vocab)
-    return vocabs[0], vocabs[1]
+    texts = {side: [" ".join(getattr(p, side)) for p in train] for side in ("src", "tgt")}
+    of = f"the {len(train)} training pairs"
+    if joint:
+        vocab = tokens_lib.build_vocab(tokens, texts["src"] + texts["tgt"], min_freq=min_freq, vocab_size=vocab_size,
+                                       reserved_tokens=DEFAULT_RESERVED, source=source, what="word", of=of)
+        return vocab, vocab
+    src, tgt = (tokens_lib.build_vocab(tokens, texts[side], min_freq=min_freq, vocab_size=vocab_size,
+                                       reserved_tokens=DEFAULT_RESERVED, source=source, what=what, of=of)
+                for side, what in (("src", "source word"), ("tgt", "target word")))
+    return src, tgt
 
 
 def count_reserved_in_pairs(pairs: Sequence[Pair]) -> collections.Counter:
@@ -220,7 +241,9 @@ class TranslationData:
 
     def summary(self) -> str:
         parts = [f"{self.source}: {len(self.train)} training, {len(self.valid)} validation, {len(self.test)} test "
-                 f"pairs; vocabulary {len(self.src_vocab)} source / {len(self.tgt_vocab)} target words"]
+                 f"pairs; vocabulary {len(self.src_vocab)} source / {len(self.tgt_vocab)} target "
+                 + ("words" if self.config.tokens == "word" else f"{self.config.tokens} subwords"
+                    + (" (joint)" if self.config.joint_vocab else ""))]
         if self.skipped:
             parts.append(summarize_skipped(self.skipped))
         if self.dropped:
@@ -260,7 +283,9 @@ def load_translation(config: TranslationDataConfig, *, seed: int = 0, options=No
     skipped.sort()
     if first_two:
         warn(first_two_warning(first_two, source))
-    reserved = count_reserved_in_pairs(pairs) if _RESERVED_BYTES.search(data) else collections.Counter()
+    # subwords spell a word like <eos> as ordinary subwords (never the special id): nothing to warn about
+    reserved = (count_reserved_in_pairs(pairs) if _RESERVED_BYTES.search(data) and not tokens_lib.is_subword(
+        config.tokens) else collections.Counter())
     if reserved:
         warn(reserved_warning(reserved, source))
     if not pairs:
@@ -270,7 +295,8 @@ def load_translation(config: TranslationDataConfig, *, seed: int = 0, options=No
     train, valid, test = split_pairs(pairs, split=config.split, valid_fraction=config.valid_fraction,
                                      test_fraction=config.test_fraction, seed=seed)
     if src_vocab is None:
-        src_vocab, tgt_vocab = build_vocabs(train, config.min_freq, source=source)
+        src_vocab, tgt_vocab = build_vocabs(train, config.min_freq, source=source, tokens=config.tokens,
+                                            vocab_size=config.vocab_size, joint=config.joint_vocab)
     check_vocab(src_vocab, "source")
     check_vocab(tgt_vocab, "target")
     return TranslationData(config, source, train, valid, test, src_vocab, tgt_vocab, skipped, dropped,

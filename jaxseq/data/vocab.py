@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import collections
 import hashlib
+import itertools
 import json
 import os
 from pathlib import Path
@@ -63,8 +64,13 @@ class Vocab:
               reserved_tokens: Sequence[str] = DEFAULT_RESERVED) -> "Vocab":
         """The vocabulary of ``tokens``: ``reserved_tokens`` (and ``<unk>``) first, then every token seen
         at least ``min_freq`` times (text tokens spelled like a reserved token are never counted)."""
+        return cls.from_counts(collections.Counter(tokens), min_freq=min_freq, reserved_tokens=reserved_tokens)
+
+    @classmethod
+    def from_counts(cls, counts: collections.Counter, *, min_freq: int = 1,
+                    reserved_tokens: Sequence[str] = DEFAULT_RESERVED) -> "Vocab":
+        """:meth:`build` from token counts (``jaxseq prepare`` merges the counts of a corpus streamed in chunks)."""
         reserved = list(dict.fromkeys(list(reserved_tokens) + ([UNK] if UNK not in reserved_tokens else [])))
-        counts = collections.Counter(tokens)
         kept = sorted((t for t, c in counts.items()
                        if c >= min_freq and t not in reserved and t not in RESERVED_STRINGS),
                       key=lambda t: (-counts[t], t))
@@ -105,7 +111,7 @@ class Vocab:
         reserved token (``"<eos>"`` in the text is ``<unk>``, not ``eos``).
         """
         get, unk = self.text_to_idx.get, self.unk
-        return np.fromiter((get(t, unk) for t in tokens), dtype=np.int32)
+        return np.fromiter(map(get, tokens, itertools.repeat(unk)), dtype=np.int32)
 
     def decode(self, ids: Iterable[int]) -> list[str]:
         table = self.idx_to_token
@@ -120,6 +126,11 @@ class Vocab:
         data = json.dumps(self.idx_to_token, ensure_ascii=False).encode("utf-8")
         return hashlib.sha256(data).hexdigest()
 
+    def fingerprints(self, name: str) -> dict[str, str]:
+        """What a checkpoint's manifest records of this vocabulary saved as ``name`` (a subword
+        vocabulary adds its tokenizer's fingerprint)."""
+        return {name: self.fingerprint()}
+
     def to_json(self) -> dict:
         return {"tokens": self.idx_to_token, "fingerprint": self.fingerprint()}
 
@@ -128,14 +139,19 @@ class Vocab:
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "Vocab":
+        """A saved vocabulary; one saved with a subword tokenizer (``"subword"`` in its JSON) comes back as a
+        :class:`~jaxseq.data.subword.SubwordVocab` with the tokenizer file beside it."""
         from jaxseq.data.text import read_text
         try:
             data = json.loads(read_text(path))
-            vocab = cls(data["tokens"])
+            vocab = Vocab(data["tokens"])
         except (json.JSONDecodeError, KeyError, TypeError) as err:
             raise DataError(f"{path}: not a jaxseq vocabulary file ({err})") from None
         if "fingerprint" in data and data["fingerprint"] != vocab.fingerprint():
             raise DataError(f"{path}: fingerprint does not match its tokens; the file was edited or damaged")
+        if "subword" in data:
+            from jaxseq.data.subword import SubwordVocab
+            return SubwordVocab.from_saved(path, data)
         return vocab
 
 

@@ -69,6 +69,7 @@ class BertEncoder(nn.Module):
     activation: str = "gelu"
     scan_layers: bool = False
     remat: bool = False
+    attention_impl: str = "jaxseq"
     dtype: Any = jnp.float32
 
     def setup(self):
@@ -79,7 +80,8 @@ class BertEncoder(nn.Module):
         self.drop = nn.Dropout(self.dropout)
         self.stack = Stack(self.num_layers, self.d_model, self.num_heads, self.ffn, decoder=False,
                            dropout=self.dropout, norm=self.norm, activation=self.activation,
-                           scan_layers=self.scan_layers, remat=self.remat, dtype=self.dtype, name="stack")
+                           scan_layers=self.scan_layers, remat=self.remat, attention_impl=self.attention_impl,
+                           dtype=self.dtype, name="stack")
 
     def __call__(self, tokens: Array, segments: Array, valid_len: Array, *, train: bool = False) -> Array:
         t = tokens.shape[1]
@@ -96,10 +98,12 @@ class BertEncoder(nn.Module):
 
 def _encoder(run, vocab_size: int) -> BertEncoder:
     o = run.bert
+    stack = o.stack_options(run.train.compute_dtype, run.model.dropout)       # --attention-impl resolved
     return BertEncoder(vocab_size=vocab_size, max_len=run.data.seq_len, d_model=o.d_model, num_heads=o.heads,
                        num_layers=run.model.layers, ffn=o.ffn or 4 * o.d_model, segments=o.segments,
                        dropout=run.model.dropout, norm=o.norm, activation=o.ffn_activation,
-                       scan_layers=o.scan_layers, remat=run.train.remat, dtype=run.train.compute_dtype)
+                       scan_layers=o.scan_layers, remat=run.train.remat, attention_impl=stack["attention_impl"],
+                       dtype=run.train.compute_dtype)
 
 
 class _Pooler(nn.Module):

@@ -54,6 +54,9 @@ class RNNConfig(Config):
     layout: str = option("hoisted", "where a recurrent layer takes its input projection", choices=cells.LAYOUTS)
     backward: str = option("custom", "backpropagation through time: hand-written (custom) or JAX's",
                            choices=cells.BACKWARDS)
+    scan_unroll: int = option(0, "time steps per iteration of the recurrent lax.scan loops (0: the platform's "
+                              "measured default, jaxseq.cells.UNROLL); same results for any value",
+                              minimum=0, resumable=True, legacy=0)
 
 
 class RNNLM(CarriedStateLM):
@@ -71,6 +74,7 @@ class RNNLM(CarriedStateLM):
     backward: str = "custom"
     dtype: Any = jnp.float32
     remat: bool = False
+    unroll: int = 0
 
     def setup(self):
         self.embed = nn.Embed(self.vocab_size, self.embedding, name="embed") if self.embedding else None
@@ -78,7 +82,7 @@ class RNNLM(CarriedStateLM):
                                     layers=self.layers, dropout=self.dropout, layout=self.layout,
                                     backward=self.backward,
                                     vocab_size=None if self.embedding else self.vocab_size,
-                                    dtype=self.dtype, remat=self.remat, name="rnn")
+                                    dtype=self.dtype, remat=self.remat, unroll=self.unroll, name="rnn")
         self.drop = nn.Dropout(self.dropout)
         self.out = nn.Dense(self.vocab_size, dtype=self.dtype, name="out")
 
@@ -102,7 +106,8 @@ def _build_rnn(cell: str, run, vocab_sizes: tuple[int, ...]) -> RNNLM:
     return RNNLM(vocab_size=vocab_sizes[0], cell=cell, activation=rnn.activation, reset=rnn.gru_reset,
                  hidden=rnn.hidden,
                  layers=run.model.layers, embedding=rnn.embedding, dropout=run.model.dropout, layout=rnn.layout,
-                 backward=rnn.backward, dtype=run.train.compute_dtype, remat=run.train.remat)
+                 backward=rnn.backward, dtype=run.train.compute_dtype, remat=run.train.remat,
+                 unroll=rnn.scan_unroll)
 
 
 def _flops(cell: str, run, vocab_sizes: tuple[int, ...], shapes) -> StepFlops:

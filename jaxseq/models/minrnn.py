@@ -61,6 +61,7 @@ class MinRecurrent(nn.Module):
     reverse: bool = False
     runner: str = "parallel"
     dtype: Any = jnp.float32
+    unroll: int = 0               # the sequential runner's lax.scan unroll; 0: the platform's
 
     @nn.compact
     def __call__(self, xs: Array, carry: Array | None = None, mask: Array | None = None, *,
@@ -69,7 +70,7 @@ class MinRecurrent(nn.Module):
         params = self.param("cell", lambda key: cell.init(key, xs.shape[-1], self.hidden))
         params = jax.tree_util.tree_map(lambda p: p.astype(self.dtype), params)
         return cells.run_min(cell, params, xs.astype(self.dtype), carry, mask=mask, reverse=self.reverse,
-                             runner=runner or self.runner)
+                             runner=runner or self.runner, unroll=cells.platform_unroll(self.unroll))
 
 
 class MinBlock(nn.Module):
@@ -82,6 +83,7 @@ class MinBlock(nn.Module):
     dropout: float = 0.0
     runner: str = "parallel"
     dtype: Any = jnp.float32
+    unroll: int = 0               # the sequential runner's lax.scan unroll; 0: the platform's
 
     @nn.compact
     def __call__(self, x: Array, carry: Array, *, train: bool, runner: str | None = None):

@@ -32,6 +32,7 @@ class Recurrent(nn.Module):
     backward: str = "custom"
     dtype: Any = jnp.float32
     remat: bool = False
+    unroll: int = 0               # lax.scan's unroll; 0: the platform's (cells.platform_unroll)
 
     @nn.compact
     def __call__(self, xs: Array, carry=None, mask: Array | None = None):
@@ -42,9 +43,11 @@ class Recurrent(nn.Module):
         if self.vocab_size:
             projected = {g: cells.add_bias(params[f"W_x{g}"][xs], params[f"b_{g}"]) for g in cell.gates}
             return cells.run(cell, params, None, carry, projected=projected, mask=mask,
-                             reverse=self.reverse, backward=self.backward, remat=self.remat)
+                             reverse=self.reverse, backward=self.backward, remat=self.remat,
+                             unroll=cells.platform_unroll(self.unroll))
         return cells.run(cell, params, xs.astype(self.dtype), carry, mask=mask, reverse=self.reverse,
-                         layout=self.layout, backward=self.backward, remat=self.remat)
+                         layout=self.layout, backward=self.backward, remat=self.remat,
+                         unroll=cells.platform_unroll(self.unroll))
 
 
 class StackedRecurrent(nn.Module):
@@ -68,6 +71,7 @@ class StackedRecurrent(nn.Module):
     backward: str = "custom"
     dtype: Any = jnp.float32
     remat: bool = False
+    unroll: int = 0
 
     def initial_carry(self, batch_size: int):
         cell = cells.get_cell(self.cell, self.activation, self.reset)
@@ -83,7 +87,7 @@ class StackedRecurrent(nn.Module):
             if layer > 0 and self.dropout > 0:
                 xs = nn.Dropout(self.dropout, deterministic=not train)(xs)
             kwargs = dict(cell=self.cell, activation=self.activation, reset=self.reset, hidden=self.hidden, layout=self.layout,
-                          backward=self.backward, dtype=self.dtype, remat=self.remat,
+                          backward=self.backward, dtype=self.dtype, remat=self.remat, unroll=self.unroll,
                           vocab_size=self.vocab_size if layer == 0 else None)
             if self.bidirectional:
                 c_f, h_f = Recurrent(**kwargs, name=f"layer{layer}_fwd")(xs, carry[layer][0], mask)

@@ -15,6 +15,9 @@ Capabilities:
 ``layered_attention``  sows every layer's and head's attention (grids)
 ``decode_cache``       decodes with a key/value cache of bounded length
 ``tuned_allocator``    trains faster with :func:`jaxseq.keep_freed_memory`
+``tensor_sizes``       the sizes tensor parallelism splits, ``tensor_sizes(run)``
+                       -> ``{"--heads": H, "--ffn": F}`` (``--tensor`` must divide
+                       each); None: the model has no tensor-parallel axes
 """
 
 from __future__ import annotations
@@ -62,6 +65,7 @@ class ModelSpec:
     layered_attention: bool = False
     decode_cache: bool = False
     tuned_allocator: bool = False
+    tensor_sizes: Callable[[Any], dict[str, int]] | None = None
 
 
 _REGISTRY: dict[tuple[str, str], ModelSpec] = {}

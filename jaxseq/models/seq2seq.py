@@ -93,7 +93,7 @@ from jaxseq.config import Config, option
 from jaxseq.flops import StepFlops, attention as attention_flops, matmul, transformer_block
 from jaxseq.models.registry import ModelSpec, register
 from jaxseq.models.recurrent import StackedRecurrent, apply_dense_2d
-from jaxseq.transformer import Embedder, Stack
+from jaxseq.transformer import Embedder, Stack, tensor_sizes
 
 Array = jax.Array
 ATTENTION_SCORES = ("additive", "dot", "dot-unscaled")
@@ -123,6 +123,9 @@ class Seq2SeqRNNConfig(Config):
     gru_reset: str = option("after", "the GRU's reset gate, encoder and decoder: before the recurrent product "
                             "(the notes' form) or after it (cuDNN's)", choices=tuple(cells.GRU_RESETS),
                             legacy="after")
+    scan_unroll: int = option(0, "time steps per iteration of the recurrent lax.scan loops (0: the platform's "
+                              "measured default, jaxseq.cells.UNROLL); same results for any value",
+                              minimum=0, resumable=True, legacy=0)
 
 
 # -- the encoder ---------------------------------------------------------------------------
@@ -138,6 +141,7 @@ class _GRUStack(nn.Module):
     reset: str = "after"    # the GRU's form (jaxseq.cells.gated): before (the notes') or after
     dtype: Any = jnp.float32
     remat: bool = False     # recompute activations in the backward pass (TrainConfig.remat)
+    unroll: int = 0         # the recurrent scans' unroll (--scan-unroll; 0: the platform's)
 
 
 class GRUEncoder(_GRUStack):
@@ -153,7 +157,8 @@ class GRUEncoder(_GRUStack):
         x = nn.Embed(self.vocab_size, self.embed, name="embed")(src).astype(self.dtype)
         mask = cells.lengths_to_mask(src_len, src.shape[1])
         rnn = StackedRecurrent(cell="gru", reset=self.reset, hidden=self.hidden, layers=self.layers,
-                               dropout=self.dropout, dtype=self.dtype, remat=self.remat, name="rnn")
+                               dropout=self.dropout, dtype=self.dtype, remat=self.remat,
+                               unroll=self.unroll, name="rnn")
         return rnn(x, None, mask, train=train)
 
 
@@ -175,7 +180,8 @@ class ContextDecoder(_Decoder):
     def setup(self):
         super().setup()
         self.rnn = StackedRecurrent(cell="gru", reset=self.reset, hidden=self.hidden, layers=self.layers,
-                                    dropout=self.dropout, dtype=self.dtype, remat=self.remat, name="rnn")
+                                    dropout=self.dropout, dtype=self.dtype, remat=self.remat,
+                                    unroll=self.unroll, name="rnn")
 
     def init_state(self, carries, outputs: Array, src_len: Array) -> dict:
         return {"carry": tuple(carries), "context": carries[-1]}
@@ -315,12 +321,13 @@ class RNNEncoderDecoder(nn.Module):
     reset: str = "after"
     dtype: Any = jnp.float32
     remat: bool = False
+    unroll: int = 0
 
     target_key: ClassVar[str] = "tgt_out"
 
     def setup(self):
         sizes = dict(embed=self.embed, hidden=self.hidden, layers=self.layers, dropout=self.dropout,
-                     reset=self.reset, dtype=self.dtype, remat=self.remat)
+                     reset=self.reset, dtype=self.dtype, remat=self.remat, unroll=self.unroll)
         self.encoder = GRUEncoder(self.src_vocab_size, **sizes, name="encoder")
         if self.attention is None:
             self.decoder = ContextDecoder(self.tgt_vocab_size, **sizes, name="decoder")
@@ -375,6 +382,7 @@ class TransformerEncoderDecoder(nn.Module):
     activation: str = "relu"
     scan_layers: bool = False
     remat: bool = False
+    attention_impl: str = "jaxseq"
     dtype: Any = jnp.float32
 
     target_key: ClassVar[str] = "tgt_out"
@@ -385,7 +393,7 @@ class TransformerEncoderDecoder(nn.Module):
         stack = lambda name, **kw: Stack(self.num_layers, self.d_model, self.num_heads, self.ffn,
                                          dropout=self.dropout, norm=self.norm, activation=self.activation,
                                          scan_layers=self.scan_layers, remat=self.remat, sow_weights=True,
-                                         dtype=self.dtype, name=name, **kw)
+                                         attention_impl=self.attention_impl, dtype=self.dtype, name=name, **kw)
         self.src_embedder, self.tgt_embedder = embed(self.src_vocab_size, "src_embedder"), embed(
             self.tgt_vocab_size, "tgt_embedder")
         self.encoder = stack("encoder")
@@ -460,14 +468,16 @@ def _build_rnn(attention: bool, run, vocab_sizes: tuple[int, int]) -> RNNEncoder
     rnn = run.rnn
     return RNNEncoderDecoder(*vocab_sizes, embed=rnn.embed, hidden=rnn.hidden, layers=run.model.layers,
                              dropout=run.model.dropout, attention=rnn.attention if attention else None,
-                             reset=rnn.gru_reset, dtype=run.train.compute_dtype, remat=run.train.remat)
+                             reset=rnn.gru_reset, dtype=run.train.compute_dtype, remat=run.train.remat,
+                             unroll=rnn.scan_unroll)
 
 
 def _build_transformer(run, vocab_sizes: tuple[int, int]) -> TransformerEncoderDecoder:
     options = run.transformer
     return TransformerEncoderDecoder(*vocab_sizes, run.data.max_len, num_layers=run.model.layers,
                                      dropout=run.model.dropout, positional=options.positional,
-                                     remat=run.train.remat, dtype=run.train.compute_dtype, **options.stack_options())
+                                     remat=run.train.remat, dtype=run.train.compute_dtype,
+                                     **options.stack_options(run.train.compute_dtype, run.model.dropout))
 
 
 def _gru_stack_flops(n: int, first: int, hidden: int, layers: int) -> float:
@@ -524,7 +534,7 @@ register(ModelSpec(task="translate", name="bahdanau", description="GRU encoder-d
 register(ModelSpec(
     task="translate", name="transformer", description="Transformer encoder-decoder (Vaswani et al., 2017)",
     sections=("transformer",), build=_build_transformer, flops=_transformer_flops, cross_attention=True,
-    layered_attention=True,
+    layered_attention=True, tensor_sizes=tensor_sizes,
     decode_cache=True, tuned_allocator=True, steps=900,
     defaults={"model": {"layers": 2, "dropout": 0.2},
               "transformer": {"d_model": 256, "heads": 4, "ffn": 1024},

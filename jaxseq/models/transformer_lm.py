@@ -34,7 +34,7 @@ from jaxseq.config import option
 from jaxseq.errors import ConfigError
 from jaxseq.flops import StepFlops, attention, matmul, transformer_block
 from jaxseq.models.registry import ModelSpec, register
-from jaxseq.transformer import Embedder, Stack, TransformerOptions
+from jaxseq.transformer import Embedder, Stack, TransformerOptions, tensor_sizes
 
 Array = jax.Array
 
@@ -68,6 +68,7 @@ class TransformerLM(nn.Module):
     scan_layers: bool = False
     remat: bool = False
     causal_block: int = 64
+    attention_impl: str = "jaxseq"
     dtype: Any = jnp.float32
 
     target_key: ClassVar[str] = "targets"
@@ -78,7 +79,7 @@ class TransformerLM(nn.Module):
         self.stack = Stack(self.num_layers, self.d_model, self.num_heads, self.ffn or 4 * self.d_model,
                            decoder=True, dropout=self.dropout, norm=self.norm, activation=self.activation,
                            scan_layers=self.scan_layers, remat=self.remat, causal_block=self.causal_block,
-                           dtype=self.dtype, name="stack")
+                           attention_impl=self.attention_impl, dtype=self.dtype, name="stack")
         self.out = Projection(self.vocab_size, dtype=self.dtype, name="out")
 
     def initial_carry(self, batch_size: int) -> None:
@@ -133,7 +134,8 @@ def _build(run, vocab_sizes: tuple[int, ...]) -> TransformerLM:
         raise ConfigError(f"--seq-len {seq_len} is longer than --context {context}; raise --context")
     return TransformerLM(vocab_size=vocab_sizes[0], context=context, num_layers=run.model.layers,
                          dropout=run.model.dropout, positional=options.positional, remat=run.train.remat,
-                         dtype=run.train.compute_dtype, **options.stack_options())
+                         dtype=run.train.compute_dtype,
+                         **options.stack_options(run.train.compute_dtype, run.model.dropout))
 
 
 def _flops(run, vocab_sizes: tuple[int, ...], shapes) -> StepFlops:
@@ -152,7 +154,7 @@ def _flops(run, vocab_sizes: tuple[int, ...], shapes) -> StepFlops:
 # nanoGPT's CPU configuration for character Shakespeare (experiments/nanogpt_shakespeare.sh)
 register(ModelSpec(
     task="lm", name="transformer", description="decoder-only (GPT-style) Transformer", sections=("transformer",),
-    build=_build, flops=_flops, decode_cache=True, tuned_allocator=True,
+    build=_build, flops=_flops, decode_cache=True, tuned_allocator=True, tensor_sizes=tensor_sizes,
     defaults={"model": {"layers": 4, "dropout": 0.0},
               "transformer": {"d_model": 128, "heads": 4, "norm": "pre", "positional": "learned",
                               "ffn_activation": "gelu"},

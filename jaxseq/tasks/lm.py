@@ -10,10 +10,11 @@ import jax
 import numpy as np
 
 from jaxseq import decode, parallel, train
-from jaxseq.data import text as text_lib
-from jaxseq.data.lm import LMBatches, LMCorpus, LMDataConfig, eval_batches, load_corpus, tokens_from_config
+from jaxseq.data import shards, text as text_lib
+from jaxseq.data import tokens as tokens_lib
+from jaxseq.data.lm import EvalBatches, LMBatches, LMCorpus, LMDataConfig, load_corpus
 from jaxseq.data.vocab import Vocab
-from jaxseq.errors import DataError
+from jaxseq.errors import ConfigError, DataError
 from jaxseq.manifest import array_fingerprint
 from jaxseq.models.lm import LMModelConfig, RNNConfig
 from jaxseq.models.minrnn import MinRNNConfig
@@ -37,6 +38,22 @@ class LMTask(runner.Task):
     default_steps = 2000
     builtin_data = ("builtin",)
 
+    def resolve(self, given: Mapping[str, Any] | None = None, **kwargs: Any) -> Run:
+        """As :meth:`runner.Task.resolve`; with ``--data`` a prepared shard directory, the run's tokenization
+        settings are the index's (a flag given with another value is refused: the shards are already cut)."""
+        run = super().resolve(given, **kwargs)
+        if not shards.is_prepared(run.data.data):
+            return run
+        given = dict(given or {})
+        settings = {k: v for k, v in shards.tokenization(run.data.data).items()
+                    if k in {f.name for f in dataclasses.fields(LMDataConfig)}}
+        for name, value in settings.items():
+            if name in given and given[name] != value:
+                raise ConfigError(f"--{name.replace('_', '-')} {given[name]} differs from the tokenization of the "
+                                  f"prepared shards {run.data.data} ({name.replace('_', '-')} {value}); leave the "
+                                  "flag out, or run `jaxseq prepare` again with it")
+        return Run(run.task, {**run.sections, "data": dataclasses.replace(run.data, **settings)})
+
     def load_data(self, run: Run, vocabs: dict[str, Vocab] | None) -> LMCorpus:
         return load_corpus(run.data, vocab=None if vocabs is None else vocabs["vocab.json"])
 
@@ -49,6 +66,9 @@ class LMTask(runner.Task):
 
     def check_data(self, run: Run, data: LMCorpus) -> None:
         if not run.spec.neural:
+            if data.sharded:
+                raise ConfigError(f"--model {run.model.model} counts every token in memory; train it on a text "
+                                  f"file, not on the prepared shards {data.source}")
             return
         LMBatches(data.train, seq_len=run.data.seq_len, batch_size=run.data.batch_size)   # refuses too little
         if len(data.valid) < 2:
@@ -56,7 +76,7 @@ class LMTask(runner.Task):
                             "raise --valid-fraction or give more text")
 
     def data_fingerprint(self, data: LMCorpus) -> str:
-        return array_fingerprint(data.train, data.valid)
+        return data.fingerprint or array_fingerprint(data.train, data.valid)
 
     def example_batch(self, run: Run) -> dict[str, np.ndarray]:
         b, t = run.data.batch_size, run.data.seq_len
@@ -68,8 +88,8 @@ class LMTask(runner.Task):
                          sampling=run.data.sampling, seed=run.train.seed, shard=shard or (0, 1))
 
     def valid_batches(self, run: Run, data: LMCorpus, shard: tuple[int, int] | None = None) -> list:
-        return [parallel.local_rows(b) for b in
-                eval_batches(data.valid, seq_len=run.data.seq_len, batch_size=run.data.batch_size)]
+        return EvalBatches(data.valid, seq_len=run.data.seq_len, batch_size=run.data.batch_size,
+                           each=parallel.local_rows)
 
     def initial_carry(self, run: Run, model) -> Any:
         """Sequential partitioning carries a recurrent model's state from batch to batch."""
@@ -91,6 +111,9 @@ class LMTask(runner.Task):
     def before_training(self, run: Run, data: LMCorpus, options: dict, echo: Echo) -> dict:
         if not options.get("baseline", True):
             return {}
+        if data.sharded:
+            echo("trigram baseline skipped: it counts every training token in memory (prepared shards)")
+            return {}
         trigram = NGramLM.fit(data.train, len(data.vocab), NGramConfig(order=3, smoothing="kn"))
         return {"trigram_kn_valid": trigram.evaluate(data.valid)}
 
@@ -103,7 +126,8 @@ class LMTask(runner.Task):
         echo(line)
         length = options.get("sample_length", 200)
         if length > 0:
-            prefix = data.valid[: min(10, len(data.valid))] if run.data.tokens == "char" else data.valid[:3]
+            prefix = np.asarray(data.valid[: min(10, len(data.valid))] if run.data.tokens != "word" else
+                                data.valid[:3], np.int32)
             sample = decode.generate(model, params, prefix[None], length, key=jax.random.PRNGKey(0),
                                      temperature=0.8)
             echo("sample: " + repr(_detokenize(run, data.vocab, np.concatenate([prefix, np.asarray(sample[0])]))))
@@ -136,13 +160,13 @@ def eval_context(run: Run) -> str:
 
 
 def _detokenize(run: Run, vocab: Vocab, ids) -> str:
-    return text_lib.detokenize(vocab.decode(ids), run.data.tokens)
+    return tokens_lib.decode(vocab, ids, run.data.tokens)
 
 
 def encode_text(run: Run, vocab: Vocab, text: str, what: str) -> np.ndarray:
-    tokens = tokens_from_config(run.data, text)
-    runner.warn_unknown(what, vocab.unknown(tokens))
-    return vocab.encode(tokens)
+    text = text_lib.preprocess(text, run.data.preprocess)
+    runner.warn_unknown(what, tokens_lib.unknown(vocab, text, run.data.tokens))
+    return tokens_lib.encode(vocab, text, run.data.tokens)
 
 
 # -- the jobs ----------------------------------------------------------------------------------
@@ -189,7 +213,7 @@ def score_ids(loaded: runner.Loaded, ids: np.ndarray, context: str | None = None
     if loaded.params is None:
         return {**loaded.model.evaluate(ids), "eval_context": eval_context(run)}
     mesh = parallel.make_mesh(1)
-    batches = eval_batches(ids, seq_len=run.data.seq_len, batch_size=run.data.batch_size)
+    batches = EvalBatches(ids, seq_len=run.data.seq_len, batch_size=run.data.batch_size)
     carry = TASK.eval_carry(run, loaded.model)
     carry = None if carry is None else parallel.shard_tree_along_batch(carry, mesh)
     scores = train.evaluate(train.make_eval_step(loaded.model), loaded.params, batches, mesh, carry)
@@ -216,7 +240,26 @@ def evaluate_lm(workdir: WorkdirLike, data: str | None = None, *, allow_data_cha
         ids, source = encode_text(run, vocab, text_lib.read_text(data), data), data
     if len(ids) < 2:
         raise DataError(f"{source}: fewer than 2 tokens to score")
-    return {"data": source, **score_ids(runner.load(workdir, TASK, data_fingerprint=fingerprint), ids, context)}
+    scores = score_ids(runner.load(workdir, TASK, data_fingerprint=fingerprint), ids, context)
+    return {"data": source, **scores, **per_char(run, vocab, ids, scores)}
+
+
+def per_char(run: Run, vocab: Vocab, ids: np.ndarray, scores: dict) -> dict:
+    """``{"chars", "bits_per_char"}``: the scored text's total NLL in bits over its characters.
+
+    Perplexity per token is not comparable across tokenizations (a subword
+    token spells several characters); bits per character is:
+    ``bpc = nll * tokens / (chars * ln 2)``, where ``nll`` is the mean NLL in
+    nats of the ``tokens`` scored targets ``ids[1:]`` and ``chars`` is the
+    number of characters they spell, ``len(text(ids)) - len(text(ids[:1]))``
+    (the first token is context, never scored). With ``--tokens char`` this
+    is ``nll / ln 2``; with ``word`` the text is the words joined by single spaces.
+    """
+    chars = len(tokens_lib.decode(vocab, ids, run.data.tokens)) - len(tokens_lib.decode(vocab, ids[:1],
+                                                                                          run.data.tokens))
+    if chars < 1:
+        return {"chars": chars}
+    return {"chars": chars, "bits_per_char": float(scores["nll"]) * int(scores["tokens"]) / (chars * np.log(2))}
 
 
 def sample_text(loaded: runner.Loaded, prefix: str, length: int, *, seed: int = 0, temperature: float = 1.0,

@@ -33,6 +33,7 @@ from jaxseq import config as config_lib
 from jaxseq import hardware, parallel
 from jaxseq import train as trainer
 from jaxseq.checkpoint import Checkpointer
+from jaxseq.data.subword import tokenizer_file
 from jaxseq.data.text import warn
 from jaxseq.data.vocab import Vocab
 from jaxseq.errors import CheckpointError, ConfigError
@@ -91,6 +92,9 @@ class Run:
     def validate(self) -> None:
         for section in self.sections.values():
             section.validate()
+        for section in self.sections.values():      # rules across sections (e.g. --attention-impl vs --dtype)
+            if hasattr(section, "check_run"):
+                section.check_run(self)
 
 
 class Task(abc.ABC):
@@ -234,12 +238,19 @@ class Task(abc.ABC):
         raise ConfigError(f"the {self.name} task has no count-based models")
 
 
+def check_tensor(run: Run) -> None:
+    """Refuse a ``--tensor`` the model cannot split (:func:`jaxseq.parallel.check_tensor`)."""
+    spec = run.spec
+    sizes = spec.tensor_sizes(run) if spec.tensor_sizes is not None else None
+    parallel.check_tensor(run.parallel.tensor, sizes, spec.name)
+
+
 # -- manifests -----------------------------------------------------------------------------
 
 def manifest(run: Run, vocabs: dict[str, Vocab], params: Any, data: str | None) -> Manifest:
     """The manifest of a checkpoint of ``run`` (``params`` may be abstract shapes)."""
     model = {name: config_lib.to_dict(run.sections[name]) for name in ("model",) + run.spec.sections}
-    vocab = {name: v.fingerprint() for name, v in vocabs.items()}
+    vocab = {k: fp for name, v in vocabs.items() for k, fp in v.fingerprints(name).items()}
     return Manifest(task=run.task, model=model, vocab=vocab, params=tree_signature(params), data=data)
 
 
@@ -285,12 +296,13 @@ def train(task: Task, run: Run, workdir: WorkdirLike, *, resume: bool = False, r
         config = workdir.plan(run.to_dict(), resume=resume, restart=restart, given=given, sections=task.sections)
         run = task.run_from_dict(config, str(workdir.config_path))
         run.validate()
+        check_tensor(run)
         vocabs = _saved_vocabs(task, workdir) if resume else None
         data = task.load_data(run, vocabs)            # refuses bad data before anything is written
         echo(f"data: {task.describe_data(data)}")
         task.check_data(run, data)
         if restart:
-            workdir.discard_run(task.vocab_files)
+            workdir.discard_run(task.vocab_files + tuple(tokenizer_file(n) for n in task.vocab_files))
         save_config = lambda: workdir.save_config(config)
         if not (resume and run.spec.neural):
             save_config()
@@ -324,7 +336,8 @@ def _train_neural(task: Task, run: Run, data: Any, vocabs: dict[str, Vocab], wor
     expected = manifest(run, vocabs, state.params, None if allow_data_change else fingerprint)
     before = task.before_training(run, data, options, echo)
 
-    checkpointer = Checkpointer(workdir.checkpoints, keep=run.train.keep, keep_best=run.train.keep_best)
+    checkpointer = Checkpointer(workdir.checkpoints, keep=run.train.keep, keep_best=run.train.keep_best,
+                                async_save=run.train.async_checkpoint)
     metrics_log = trainer.MetricsLog(workdir.metrics, jax.process_index() == 0, events=workdir.file("tensorboard"))
     sizes = task.vocab_sizes(vocabs)
     step_flops = (lambda shapes: spec.flops(run, sizes, shapes)) if spec.flops else None
