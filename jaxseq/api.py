@@ -23,7 +23,7 @@ from jaxseq.errors import ConfigError
 from jaxseq.tasks import runner
 from jaxseq.workdir import Workdir, default_workdir
 
-TASKS = ("lm", "translate")
+TASKS = ("lm", "translate", "mlm", "classify")
 
 
 def _task(name: str) -> runner.Task:
@@ -35,7 +35,7 @@ def _task(name: str) -> runner.Task:
 def fit(task: str, *, workdir: str | os.PathLike | None = None, resume: bool = False, restart: bool = False,
         fallback: bool = False, allow_data_change: bool = False,
         echo: Callable[[str], None] | None = runner.echo_stdout, **flags: Any) -> dict:
-    """Train a ``task`` (``"lm"`` or ``"translate"``) model into ``workdir``; returns ``results.json``'s dict.
+    """Train a ``task`` (``"lm"``, ``"translate"``, ``"mlm"`` or ``"classify"``) model into ``workdir``; returns ``results.json``'s dict.
 
     ``flags`` are the CLI's flags by field name (``model="lstm",
     hidden=128, steps=500``); ``resume``, ``restart``, ``fallback`` and

@@ -2,10 +2,14 @@
 
     jaxseq train lm          [flags]    train a language model (n-gram, RNN, GRU, LSTM, ...)
     jaxseq train translate   [flags]    train a translation model
+    jaxseq train mlm         [flags]    pretrain a BERT encoder (masked LM + next-sentence prediction)
+    jaxseq train classify    [flags]    fine-tune a classifier (--init-from a mlm run) or train it from scratch
     jaxseq evaluate  --workdir DIR      perplexity / BLEU of a trained run (last line: JSON)
     jaxseq generate  --workdir DIR --prefix TEXT --length N
     jaxseq translate --workdir DIR [TEXT ... | --input FILE | --file IN.txt --out OUT.txt]
     jaxseq average   --workdir DIR --last K | --steps a,b,c    average checkpoints (--checkpoint averaged)
+    jaxseq fill-mask --workdir DIR "the <mask> traveller" ...  [--top-k K]
+    jaxseq classify  --workdir DIR TEXT ...                    labels with probabilities
     jaxseq inspect   --workdir DIR | lm|translate [flags]   what the train step compiles to (--what, --out)
     jaxseq stats     [--data PATH]      n-gram statistics and a Zipf plot
     jaxseq prepare   --data CORPUS --out DIR [tokenization flags]   token shards for `train lm --data DIR`
@@ -56,7 +60,7 @@ def _configure_logging() -> None:
 # parsers
 # ----------------------------------------------------------------------------------------
 
-TASKS = ("lm", "translate")
+TASKS = ("lm", "translate", "mlm", "classify")
 
 
 def _task(name: str):
@@ -118,7 +122,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     train = commands.add_parser("train", help="train a model into a work directory")
     tasks = train.add_subparsers(dest="task", required=True, metavar="TASK")
-    for name, help_text in (("lm", "language model"), ("translate", "translation (sequence to sequence) model")):
+    for name, help_text in (("lm", "language model"), ("translate", "translation (sequence to sequence) model"),
+                            ("mlm", "BERT pretraining: masked LM and next-sentence prediction on sentence pairs"),
+                            ("classify", "text or text-pair classifier on a BERT encoder (--init-from a mlm run)")):
         sub = tasks.add_parser(name, help=help_text)
         _add_task_flags(sub, _task(name))
         _add_run_flags(sub)
@@ -130,7 +136,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     ev = commands.add_parser("evaluate", help="evaluate a trained run; prints JSON last")
     ev.add_argument("--workdir", type=Path, required=True)
-    ev.add_argument("--data", default=None, help="a text file (LM) or TSV pairs (translation) to evaluate on "
+    ev.add_argument("--data", default=None, help="a text file (LM, masked LM) or TSV pairs (translation) or "
+                    "labels (classification) to evaluate on "
                     "(default: the run's validation split)")
     ev.add_argument("--beam", type=int, default=None, help="translation: beam size for BLEU (default: greedy)")
     ev.add_argument("--split", choices=("valid", "test"), default=None,
@@ -173,6 +180,15 @@ def build_parser() -> argparse.ArgumentParser:
     avg.add_argument("--workdir", type=Path, required=True)
     avg.add_argument("--last", type=int, default=None, help="average the K newest complete checkpoints")
     avg.add_argument("--steps", default=None, help="average these steps (comma-separated: 1000,2000,3000)")
+
+    fm = commands.add_parser("fill-mask", help="the most likely fillers of each <mask> with a masked-LM run")
+    fm.add_argument("--workdir", type=Path, required=True)
+    fm.add_argument("text", nargs="+", help='texts with the token to fill written <mask>: "the <mask> traveller"')
+    fm.add_argument("--top-k", type=int, default=5, help="fillers to list per mask")
+
+    cl = commands.add_parser("classify", help="labels with probabilities from a trained classifier")
+    cl.add_argument("--workdir", type=Path, required=True)
+    cl.add_argument("text", nargs="+", help="texts to classify (a pair: the two texts joined by a TAB)")
 
     _add_inspect(commands)
 
@@ -341,6 +357,9 @@ def _cmd_evaluate(args) -> int:
 
     workdir = Workdir(args.workdir)
     task = workdir.require_any()
+    if task in ("mlm", "classify") and (args.eval_context is not None or args.beam is not None):
+        from jaxseq.errors import ConfigError
+        raise ConfigError(f"--eval-context and --beam are for language and translation models; this is a {task} run")
     if task == "lm":
         from jaxseq.tasks import lm
         given = [flag for flag, value in (("--length-penalty", args.alpha), ("--max-len-a", args.max_len_a),
@@ -351,6 +370,12 @@ def _cmd_evaluate(args) -> int:
             raise ConfigError(f"{', '.join(given)}: for translation runs; this is a language-model run")
         result = lm.evaluate_lm(workdir, args.data, allow_data_change=args.allow_data_change,
                                 context=args.eval_context)
+    elif task == "mlm":
+        from jaxseq.tasks import mlm
+        result = mlm.evaluate_mlm(workdir, args.data, allow_data_change=args.allow_data_change)
+    elif task == "classify":
+        from jaxseq.tasks import classify
+        result = classify.evaluate_classify(workdir, args.data, allow_data_change=args.allow_data_change)
     else:
         if args.eval_context is not None:
             from jaxseq.errors import ConfigError
@@ -409,6 +434,26 @@ def _cmd_average(args) -> int:
 
     steps = None if args.steps is None else parse_steps(args.steps)
     average_checkpoints(args.workdir, last=args.last, steps=steps)
+    return 0
+
+
+def _cmd_fill_mask(args) -> int:
+    from jaxseq.tasks import mlm
+    from jaxseq.workdir import Workdir
+
+    for filled in mlm.fill_mask(Workdir(args.workdir), args.text, top_k=args.top_k):
+        print(filled.best())
+        for i, choices in enumerate(filled.choices, 1):
+            print(f"  <mask> {i}: " + ", ".join(f"{token} {p:.4f}" for token, p in choices))
+    return 0
+
+
+def _cmd_classify(args) -> int:
+    from jaxseq.tasks import classify
+    from jaxseq.workdir import Workdir
+
+    for text, ranked in zip(args.text, classify.classify_texts(Workdir(args.workdir), args.text)):
+        print(", ".join(f"{label} {p:.4f}" for label, p in ranked) + "\t" + text.replace("\t", " | "))
     return 0
 
 
@@ -477,8 +522,8 @@ def main(argv: list | None = None) -> int:
     from jaxseq.errors import JaxseqError
 
     handlers = {"inspect": _cmd_inspect, "evaluate": _cmd_evaluate, "generate": _cmd_generate,
-                "translate": _cmd_translate, "stats": _cmd_stats, "data": _cmd_data, "prepare": _cmd_prepare,
-                "average": _cmd_average}
+                "translate": _cmd_translate, "fill-mask": _cmd_fill_mask, "classify": _cmd_classify,
+                "stats": _cmd_stats, "data": _cmd_data, "prepare": _cmd_prepare, "average": _cmd_average}
     try:
         if args.command == "train":
             spec = _train_spec(args)

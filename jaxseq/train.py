@@ -132,10 +132,14 @@ def init_params(model: nn.Module, batch: Batch, seed: int) -> Any:
 
 
 def create_state(model: nn.Module, tx: optax.GradientTransformation, batch: Batch, seed: int,
-                 mesh: Mesh, carry: Any = None) -> TrainState:
+                 mesh: Mesh, carry: Any = None, *,
+                 transform_params: Callable[[Any], Any] | None = None) -> TrainState:
     """A fresh TrainState placed on ``mesh`` (see :func:`jaxseq.parallel.place_state`);
-    the carry is split along the batch."""
+    the carry is split along the batch. ``transform_params`` replaces initialised parameters
+    before the optimizer state is made (fine-tuning loads pretrained weights there; same shapes)."""
     params = init_params(model, batch, seed)
+    if transform_params is not None:
+        params = transform_params(params)
     state = TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
                        rng=jax.random.fold_in(jax.random.PRNGKey(seed), 1), carry=None)
     state = parallel.place_state(state, mesh)
@@ -171,6 +175,34 @@ def _poison_if_nonfinite(grads: Any, loss: Array) -> Any:
     return jax.tree_util.tree_map(lambda g: jnp.where(bad, jnp.full_like(g, jnp.nan), g), grads)
 
 
+Objective = tuple[str | None, str, str]     # (output name or None, target key, weight key)
+
+
+def objectives(model: nn.Module) -> tuple[Objective, ...]:
+    """The model's training objectives: ``model.objectives`` where it declares several (BERT's masked
+    LM and next-sentence prediction), else one, its logits against ``batch[model.target_key]``
+    weighted by ``batch["weights"]``."""
+    declared = getattr(model, "objectives", None)
+    return tuple(declared) if declared else ((None, model.target_key, "weights"),)
+
+
+def _objective(heads: tuple[Objective, ...], outputs: Any, batch: Batch,
+               label_smoothing: float) -> tuple[Array, Array, Array]:
+    """``(loss, nll_sum, count)``: the loss is the sum over objectives of each one's weighted mean
+    cross-entropy, ``sum_h (sum w_h nll_h / sum w_h)`` (one objective: the usual mean); ``nll_sum``
+    and ``count`` are the first objective's unsmoothed sums (what is logged and validated)."""
+    loss, first = 0.0, None
+    for name, target_key, weight_key in heads:
+        logits = outputs if name is None else outputs[name]
+        total, count = losses.weighted_cross_entropy(logits, batch[target_key], batch[weight_key], label_smoothing)
+        nll = losses.weighted_cross_entropy(logits, batch[target_key], batch[weight_key])[0] if label_smoothing \
+            else total
+        loss = loss + losses.mean_loss(total, count)
+        if first is None:
+            first = (nll, count)
+    return loss, first[0], first[1]
+
+
 def make_train_step(model: nn.Module, tx: optax.GradientTransformation, *, label_smoothing: float = 0.0,
                     shardings: tuple[Any, Any] | None = None,
                     mesh: Mesh | None = None) -> Callable[[TrainState, Batch], tuple[TrainState, dict]]:
@@ -184,7 +216,7 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, *, label
     consecutive count of skipped steps after this one). ``step.traces``
     counts how often the function was traced (compiled).
     """
-    target_key = model.target_key
+    heads = objectives(model)
     traces = [0]
 
     def step(state: TrainState, batch: Batch):
@@ -196,15 +228,10 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, *, label
         dropout_key = jax.random.fold_in(state.rng, state.step)
 
         def loss_fn(params):
-            logits, carry = model.apply({"params": params}, batch, train=True, carry=state.carry,
-                                        rngs={"dropout": dropout_key})
-            total, count = losses.weighted_cross_entropy(logits, batch[target_key], batch["weights"],
-                                                         label_smoothing)
-            if label_smoothing:
-                nll, _ = losses.weighted_cross_entropy(logits, batch[target_key], batch["weights"])
-            else:
-                nll = total
-            return losses.mean_loss(total, count), (nll, count, carry)
+            outputs, carry = model.apply({"params": params}, batch, train=True, carry=state.carry,
+                                         rngs={"dropout": dropout_key})
+            loss, nll, count = _objective(heads, outputs, batch, label_smoothing)
+            return loss, (nll, count, carry)
 
         (loss, (nll, count, carry)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
         grads = _poison_if_nonfinite(grads, loss)
@@ -233,14 +260,15 @@ def train_step_for(model: nn.Module, tx: optax.GradientTransformation, state: An
 
 
 def make_eval_step(model: nn.Module) -> Callable:
-    """The jit-compiled ``(params, batch, carry) -> (nll_sum, tokens, carry)``."""
-    target_key = model.target_key
+    """The jit-compiled ``(params, batch, carry) -> (nll_sum, tokens, carry)`` of the model's first objective."""
+    name, target_key, weight_key = objectives(model)[0]
     traces = [0]
 
     def step(params, batch, carry):
         traces[0] += 1
-        logits, carry = model.apply({"params": params}, batch, train=False, carry=carry)
-        total, count = losses.weighted_cross_entropy(logits, batch[target_key], batch["weights"])
+        outputs, carry = model.apply({"params": params}, batch, train=False, carry=carry)
+        logits = outputs if name is None else outputs[name]
+        total, count = losses.weighted_cross_entropy(logits, batch[target_key], batch[weight_key])
         return total, count, carry
 
     fn = jax.jit(step)

@@ -28,7 +28,7 @@ import pytest
 from jaxseq import cli, flops
 from jaxseq.inspection import step_program
 from jaxseq.models import registry
-from jaxseq.tasks import lm, translate
+from jaxseq.tasks import lm, mlm, translate
 
 TOL = 0.10
 COMMON = {"devices": 1, "optimizer": "sgd", "clip": 0.0}
@@ -131,7 +131,7 @@ def test_transformer_translation():
 
 
 def test_every_neural_model_has_a_count_and_the_ngram_none():
-    for task in ("lm", "translate"):
+    for task in ("lm", "translate", "mlm", "classify"):
         for spec in registry.specs(task):
             assert (spec.flops is None) == (not spec.neural), spec.name
 
@@ -148,3 +148,11 @@ def test_attention_blocks_skip_the_upper_blocks():
 def test_xla_cost_is_a_dict():
     compiled = jax.jit(lambda a, b: a @ b).lower(jax.numpy.ones((4, 8)), jax.numpy.ones((8, 2))).compile()
     assert flops.xla_cost(compiled)["flops"] == flops.matmul(4, 8, 2)
+
+
+def test_bert_pretraining_counts_full_attention_and_the_masked_slots_only():
+    """BERT: non-causal attention over all T x T, the output layer on the P masked slots (and NSP)."""
+    flags = {"d_model": 128, "heads": 2, "ffn": 256, "layers": 2, "batch_size": 8, "seq_len": 64, "dropout": 0.0}
+    program = _program(mlm.TASK, flags, (256,))
+    assert program.analytic().masked == 0.0
+    _check(program, _xla_flops(program))

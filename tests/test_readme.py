@@ -41,5 +41,5 @@ def _command_lines():
 @pytest.mark.parametrize("line", list(_command_lines()))
 def test_command_lines_parse(line):
     args = cli.build_parser().parse_args(shlex.split(line)[1:])
-    assert args.command in ("train", "evaluate", "generate", "translate", "stats", "data", "inspect", "prepare",
-                            "average")
+    assert args.command in ("train", "evaluate", "generate", "translate", "fill-mask", "classify", "stats", "data",
+                            "inspect", "prepare", "average")

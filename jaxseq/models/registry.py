@@ -30,7 +30,7 @@ from jaxseq.errors import ConfigError
 
 # the modules that register models, imported on first use of the registry
 _MODULES = ("jaxseq.models.ngram_lm", "jaxseq.models.lm", "jaxseq.models.minrnn", "jaxseq.models.transformer_lm",
-            "jaxseq.models.seq2seq")
+            "jaxseq.models.seq2seq", "jaxseq.models.bert")
 
 
 @dataclass(frozen=True)

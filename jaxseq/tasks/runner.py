@@ -205,6 +205,11 @@ class Task(abc.ABC):
     def valid_batches(self, run: Run, data: Any, shard: tuple[int, int] | None = None) -> list | None:
         """The validation batches (None when there is no validation split)."""
 
+    def initial_params(self, run: Run, params: Any, echo: Echo) -> Any:
+        """The parameters a new run starts from, given freshly initialised ``params`` (default: those;
+        fine-tuning loads pretrained weights here, refusing a mismatch). Not called on resume."""
+        return params
+
     def initial_carry(self, run: Run, model) -> Any:
         """The recurrent state threaded between training batches, or None."""
         return None
@@ -323,7 +328,8 @@ def _train_neural(task: Task, run: Run, data: Any, vocabs: dict[str, Vocab], wor
     total_steps = run.train.total_steps(batches.batches_per_epoch, spec.steps or task.default_steps)
     tx = make_optimizer(run.optim, total_steps)
     state = trainer.create_state(model, tx, task.train_batches(run, data).batch(0, 0), run.train.seed, mesh,
-                                 task.initial_carry(run, model))
+                                 task.initial_carry(run, model),
+                                 transform_params=None if resume else lambda p: task.initial_params(run, p, echo))
     eval_carry = task.eval_carry(run, model)          # its own buffers: the train step donates the state's
     eval_carry = None if eval_carry is None else parallel.shard_tree_along_batch(eval_carry, mesh)
     fingerprint = task.data_fingerprint(data)
