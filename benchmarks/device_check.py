@@ -27,7 +27,7 @@ rows are skipped with a note where torch is absent). Without it, a JAX that
 sees no GPU/TPU stops the run after ``env`` (the full sizes would take hours
 on a CPU). The table is printed last and written to ``DIR/device_check.md``
 and ``DIR/device_check.json`` (``DIR``: ``--out``, else ``$OUT`` if set);
-each section's log goes to ``DIR/logs/``.
+each section's log is appended to ``DIR/device_check_logs.txt`` (one file, written as sections end).
 """
 
 from __future__ import annotations
@@ -611,7 +611,9 @@ def table(rows: list[dict]) -> str:
 def drive(sections: list[str], smoke: bool, budget: float, out: Path | None) -> list[dict]:
     start = time.time()
     rows: list[dict] = []
-    logs = (out / "logs") if out else Path(tempfile.mkdtemp(prefix="device_check_logs_"))
+    # per-section logs in a temporary folder; with $OUT they are also appended to ONE file there
+    # (what comes back from a device machine may be limited to a few files)
+    logs = Path(tempfile.mkdtemp(prefix="device_check_logs_"))
     logs.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ)
     env.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")    # JAX and PyTorch share the GPU
@@ -660,6 +662,16 @@ def drive(sections: list[str], smoke: bool, budget: float, out: Path | None) -> 
             rows.append({"section": name, "what": "(section)", "value": None, "unit": "",
                          "note": f"ERROR exit code {code}: {tail[0][:300]}"})
         print(f"   {name}: {len(got)} rows, {took:.1f} s", flush=True)
+        # every row as soon as its section ends, on stdout and in $OUT's top-level files, so a run cut short
+        # (the whole call's time limit, a file-count limit on what comes back) still keeps what it measured
+        for row in rows[len(rows) - len(got) - (1 if code != 0 else 0):]:
+            print("   row: " + json.dumps(row), flush=True)
+        if out:
+            out.mkdir(parents=True, exist_ok=True)
+            with open(out / "device_check_logs.txt", "a") as combined:
+                combined.write(f"== {name}\n" + (logs / f"{name}.log").read_text(errors="replace") + "\n")
+            (out / "device_check.md").write_text(table(rows) + "\n")
+            (out / "device_check.json").write_text(json.dumps(rows, indent=1) + "\n")
         if name == "env" and not smoke:
             backend = next((r.get("backend") for r in got if r.get("backend")), None)
             if backend not in ("gpu", "tpu"):

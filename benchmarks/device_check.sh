@@ -6,7 +6,7 @@
 #
 #   bash benchmarks/device_check.sh               # full sizes; needs an accelerator; ~7.5 minutes
 #   bash benchmarks/device_check.sh --cpu-smoke   # the same code at tiny sizes on the CPU, about a minute
-#   OUT=/some/dir bash benchmarks/device_check.sh # also writes device_check.md, device_check.json, logs/
+#   OUT=/some/dir bash benchmarks/device_check.sh # also writes device_check.md, device_check.json, device_check_logs.txt (rewritten as each section ends)
 #   bash benchmarks/device_check.sh --sections transformer gru --budget 200    # a subset
 #
 # What it needs beyond a CUDA JAX image: jaxseq imports jax, flax, optax, orbax-checkpoint, numpy, tqdm,
