@@ -117,23 +117,30 @@ def flax_trainer(cfg, steps):
     return run
 
 
+def torch_gru_lm(vocab: int, hidden: int):
+    """PyTorch's contestant: one-hot inputs -> ``nn.GRU`` -> ``nn.Linear`` (the jaxseq GRU LM's shape)."""
+    import torch
+
+    class TorchGRULM(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.rnn = torch.nn.GRU(vocab, hidden, batch_first=True)
+            self.out = torch.nn.Linear(hidden, vocab)
+
+        def forward(self, tokens):
+            hs, _ = self.rnn(torch.nn.functional.one_hot(tokens, vocab).float())
+            return self.out(hs)
+
+    return TorchGRULM()
+
+
 def torch_trainer(cfg, steps):
     import torch
 
     torch.manual_seed(0)
     V, H = cfg["vocab"], cfg["hidden"]
 
-    class TorchGRULM(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.rnn = torch.nn.GRU(V, H, batch_first=True)
-            self.out = torch.nn.Linear(H, V)
-
-        def forward(self, tokens):
-            hs, _ = self.rnn(torch.nn.functional.one_hot(tokens, V).float())
-            return self.out(hs)
-
-    model = TorchGRULM()
+    model = torch_gru_lm(V, H)
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     batches = [{k: torch.from_numpy(v.astype(np.int64) if v.dtype == np.int32 else v) for k, v in b.items()}
                for b in make_batches(cfg, 4)]

@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import statistics
 import subprocess
@@ -350,17 +349,8 @@ def _torch_gru_trainer(cfg: dict):
     torch.manual_seed(0)
     V, H = cfg["vocab"], cfg["hidden"]
 
-    class TorchGRULM(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.rnn = torch.nn.GRU(V, H, batch_first=True)
-            self.out = torch.nn.Linear(H, V)
-
-        def forward(self, tokens):
-            hs, _ = self.rnn(F.one_hot(tokens, V).float())
-            return self.out(hs)
-
-    model = TorchGRULM().to(dev)
+    from bench_rnn import torch_gru_lm
+    model = torch_gru_lm(V, H).to(dev)
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     b = {k: torch.from_numpy(v).to(dev) for k, v in _lm_batches(V, cfg["batch"], cfg["seq"], 1)[0].items()}
     x, y = b["inputs"].long(), b["targets"].long()

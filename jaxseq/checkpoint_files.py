@@ -23,7 +23,8 @@ from jaxseq.errors import CheckpointError
 CHECKSUMS = "checksums.json"
 
 
-def _sha256(path: Path) -> str:
+def file_sha256(path: Path) -> str:
+    """The SHA-256 hex digest of a file's bytes, read in 1 MiB blocks."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
@@ -35,7 +36,7 @@ def file_checksums(step_dir: Path) -> dict[str, list]:
     """``{relative path: [size, sha256]}`` of every file under ``step_dir``."""
     out = {}
     for path in sorted(p for p in step_dir.rglob("*") if p.is_file() and p.name != CHECKSUMS):
-        out[path.relative_to(step_dir).as_posix()] = [path.stat().st_size, _sha256(path)]
+        out[path.relative_to(step_dir).as_posix()] = [path.stat().st_size, file_sha256(path)]
     return out
 
 
@@ -69,7 +70,7 @@ def verify_checksums(step_dir: Path, step: int) -> None:
             if actual != size:
                 raise CheckpointError(f"{step_dir}: checkpoint at step {step} has {name} truncated or altered "
                                       f"({actual} bytes, expected {size})")
-            if _sha256(path) != digest:
+            if file_sha256(path) != digest:
                 raise CheckpointError(f"{step_dir}: checkpoint at step {step} fails its checksum for {name}")
         except OSError:
             raise CheckpointError(f"{step_dir}: checkpoint at step {step} is missing the file {name}") from None

@@ -39,6 +39,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from jaxseq.checkpoint_files import file_sha256
 from jaxseq.errors import DataError
 
 INDEX = "index.json"
@@ -66,14 +67,6 @@ def compact_dtype(vocab_size: int) -> np.dtype:
 
 def shard_name(i: int) -> str:
     return f"train-{i:05d}.npy"
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 class ShardWriter:
