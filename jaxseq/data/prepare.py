@@ -27,6 +27,16 @@ corpus:
 For one file the shards' stream is exactly the ids ``load_corpus`` gives
 (tests pin it); for several files, those of the files' texts concatenated.
 UTF-8 is checked per chunk and a bad byte names its file, line and offset.
+
+Subword tokens (``--tokens bpe|wordpiece``, :func:`_subword_passes`) split as
+`train lm` does in memory: the last ``--valid-fraction`` of the *characters*
+is validation, and the tokenizer (:func:`jaxseq.data.subword.train_subword`,
+Hugging Face's ``train_from_iterator``) is trained on an iterator over the
+training pieces only, read by the workers, so memory stays bounded. Chunk
+cuts are safe for the byte-level pre-tokenizer (:func:`piece_text`); each
+chunk is encoded in the workers with the ``tokenizer.json`` saved beside
+``vocab.json``, twice (once to count the ids, so the shard lengths are known,
+once to write them). The index records the tokenizer's file and fingerprint.
 """
 
 from __future__ import annotations
