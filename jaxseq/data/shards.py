@@ -197,10 +197,11 @@ class Prepared:
 
 
 def data_fingerprint(index: dict) -> str:
-    """SHA-256 over the vocabulary fingerprint and every shard's split, length and content hash."""
-    parts = [index["vocab"]["fingerprint"], *([index["vocab"]["tokenizer_fingerprint"]]
-                                               if "tokenizer_fingerprint" in index["vocab"] else [])] + [f"{s['split']}:{s['file']}:{s['tokens']}:{s['sha256']}"
-                                               for s in index["shards"]]
+    """SHA-256 over the vocabulary (and subword tokenizer) fingerprint and every shard's split, length and content
+    hash."""
+    tokenizer = index["vocab"].get("tokenizer_fingerprint")
+    parts = [index["vocab"]["fingerprint"], *([tokenizer] if tokenizer else [])] + [
+        f"{s['split']}:{s['file']}:{s['tokens']}:{s['sha256']}" for s in index["shards"]]
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()
 
 
