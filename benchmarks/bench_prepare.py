@@ -27,6 +27,7 @@ and file-backed parts at the end of each training run.
 
     python benchmarks/bench_prepare.py                               # 1x and 10x tinyshakespeare
     python benchmarks/bench_prepare.py --scales 1 --steps 3 --data SMALL.txt    # smoke run
+    python benchmarks/bench_prepare.py --tokens bpe                  # subwords: prepare trains the tokenizer
 """
 
 from __future__ import annotations
@@ -109,7 +110,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--data", default=str(ROOT.parent / "shared" / "data" / "tinyshakespeare.txt"))
     parser.add_argument("--scales", default="1,10", help="corpus sizes as multiples of --data")
-    parser.add_argument("--tokens", default="char", choices=("char", "word"))
+    parser.add_argument("--tokens", default="char", choices=("char", "word", "bpe", "wordpiece"),
+                        help="subwords: the tokenizer is trained in prepare (and in memory), default --vocab-size")
     parser.add_argument("--workers", type=int, default=0, help="prepare's processes (0: one per core)")
     parser.add_argument("--chunk-bytes", type=int, default=1 << 20, help="prepare's unit of work")
     parser.add_argument("--steps", type=int, default=50, help="timed train steps")

@@ -222,3 +222,51 @@ def test_train_flags_contradicting_the_shards_are_refused(prepared, tmp_path, ca
              "counts every token in memory")
     with pytest.raises(DataError, match="not a directory written by `jaxseq prepare`"):
         shards.read_index(tmp_path)
+
+
+# -- subword shards (--tokens bpe|wordpiece) ------------------------------------------------------
+
+@pytest.mark.parametrize("tokens, preprocess", [("bpe", "none"), ("wordpiece", "d2l")])
+def test_subword_shards_hold_the_in_memory_corpus_whatever_the_workers(corpus, tmp_path, tokens, preprocess):
+    """The tokenizer trained on the training pieces only is the in-memory one, and the chunked ids are the ids
+    of the whole text (with d2l every chunk cut sits in a space run: piece_text moves it to the next word)."""
+    folder, whole = corpus
+    config = LMDataConfig(tokens=tokens, preprocess=preprocess, valid_fraction=0.15)
+    options = dict(chunk_bytes=300, shard_tokens=500)
+    one = prepare.prepare(str(folder), tmp_path / "one", config, prepare.PrepareConfig(workers=1, **options))
+    memory = load_corpus(LMDataConfig(data=str(whole), tokens=tokens, preprocess=preprocess, valid_fraction=0.15))
+    opened = load_corpus(LMDataConfig(data=str(tmp_path / "one"), tokens=tokens, preprocess=preprocess,
+                                      valid_fraction=0.15))
+    assert opened.vocab == memory.vocab              # the same subwords and the same tokenizer JSON
+    assert one["prepare"]["chunks"] > 10 and len(memory.vocab) > 300
+    np.testing.assert_array_equal(opened.train.to_array(), memory.train)
+    np.testing.assert_array_equal(np.asarray(opened.valid, np.int32), memory.valid)
+    assert one["vocab"]["tokenizer"] == "tokenizer.json"
+    assert one["vocab"]["tokenizer_fingerprint"] == memory.vocab.tokenizer_fingerprint()
+    if tokens == "bpe":        # several processes: the same bytes (spawning costs seconds: once)
+        prepare.prepare(str(folder), tmp_path / "two", config, prepare.PrepareConfig(workers=2, **options))
+        assert _files(tmp_path / "one") == _files(tmp_path / "two")
+
+
+def test_train_lm_on_bpe_shards_then_generate_and_evaluate(corpus, tmp_path, capsys):
+    folder, _ = corpus
+    out, run = tmp_path / "bpe", tmp_path / "run"
+    assert cli.main(["prepare", "--data", folder, "--out", out, "--workers", 1, "--tokens", "bpe", "--vocab-size",
+                     320, *PREP]) == 0
+    assert cli.main(["train", "lm", "--data", out, "--workdir", run, "--steps", 1, "--devices", 1, *FLAGS]) == 0
+    saved = json.loads((run / "config.json").read_text())["data"]
+    assert saved["tokens"] == "bpe" and saved["vocab_size"] == 320
+    assert (run / "tokenizer.json").read_bytes() == (out / "tokenizer.json").read_bytes()
+    capsys.readouterr()
+    assert cli.main(["generate", "--workdir", run, "--prefix", "it was  the Москва", "--length", 5]) == 0
+    assert capsys.readouterr().out.startswith("it was  the Москва")       # decoded exactly
+    assert cli.main(["evaluate", "--workdir", run]) == 0
+    scored = json.loads(capsys.readouterr().out.splitlines()[-1])
+    results = json.loads((run / "results.json").read_text())
+    assert scored["perplexity"] == pytest.approx(results["valid"]["perplexity"], rel=1e-6)
+    assert scored["chars"] > scored["tokens"] and np.isfinite(scored["bits_per_char"])
+    # another tokenizer beside the vocabulary: one line naming it
+    tokenizer = json.loads((out / "tokenizer.json").read_text())
+    tokenizer["pre_tokenizer"]["trim_offsets"] = not tokenizer["pre_tokenizer"]["trim_offsets"]
+    (out / "tokenizer.json").write_text(json.dumps(tokenizer))
+    _refused(["train", "lm", "--data", out, "--workdir", tmp_path / "r2", *FLAGS], capsys, "tokenizer.json")

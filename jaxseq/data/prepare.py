@@ -27,6 +27,16 @@ corpus:
 For one file the shards' stream is exactly the ids ``load_corpus`` gives
 (tests pin it); for several files, those of the files' texts concatenated.
 UTF-8 is checked per chunk and a bad byte names its file, line and offset.
+
+Subword tokens (``--tokens bpe|wordpiece``, :mod:`jaxseq.data.prepare_subword`) split as
+`train lm` does in memory: the last ``--valid-fraction`` of the *characters*
+is validation, and the tokenizer (:func:`jaxseq.data.subword.train_subword`,
+Hugging Face's ``train_from_iterator``) is trained on an iterator over the
+training pieces only, read by the workers, so memory stays bounded. Chunk
+cuts are safe for the byte-level pre-tokenizer (``piece_text``); each
+chunk is encoded in the workers with the ``tokenizer.json`` saved beside
+``vocab.json``, twice (once to count the ids, so the shard lengths are known,
+once to write them). The index records the tokenizer's file and fingerprint.
 """
 
 from __future__ import annotations
@@ -47,7 +57,7 @@ from jaxseq.config import Config, option, to_dict
 from jaxseq.data import shards
 from jaxseq.data.lm import LMDataConfig, tokens_from_config
 from jaxseq.data import text as text_lib
-from jaxseq.data.text import TOKEN_CHOICES
+from jaxseq.data import tokens as tokens_lib
 from jaxseq.data.vocab import (RESERVED_STRINGS, UNK, Vocab, count_reserved, require_real_tokens,
                                reserved_warning)
 from jaxseq.errors import ConfigError, DataError
@@ -272,15 +282,10 @@ def prepare(corpus: str, out: str | os.PathLike, config: LMDataConfig | None = N
     section other than :data:`shards.TRAINING_ONLY`); ``options``: workers,
     shard and chunk sizes.
     """
-    from jaxseq.data.text import warn
-
     config = config or LMDataConfig()
     options = options or PrepareConfig()
     config.validate()
     options.validate()
-    if config.tokens not in TOKEN_CHOICES:
-        raise ConfigError(f"jaxseq prepare: --tokens {config.tokens} is not supported yet (only "
-                          f"{', '.join(TOKEN_CHOICES)}); train on the text file instead")
     t0 = time.perf_counter()
     out = Path(out)
     inside = out.resolve()
@@ -293,50 +298,15 @@ def prepare(corpus: str, out: str | os.PathLike, config: LMDataConfig | None = N
     workers = options.workers or os.cpu_count() or 1
     workers = max(1, min(workers, len(chunks)))
 
-    # pass 1: count
-    sizes, counts = [], collections.Counter()
-    reserved: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
-    has_text: dict[str, bool] = collections.defaultdict(bool)
     pool = _pool(workers, config)
     try:
-        for chunk, (n, c, r, text) in zip(chunks, _mapped(_count, chunks, pool, workers)):
-            sizes.append(n)
-            counts.update(c)
-            reserved[chunk.path].update(r)
-            has_text[chunk.path] |= text
-        for path in map(str, files):
-            if not has_text[path]:
-                raise DataError(f"{path}: is empty; give a file with some text in it (or remove it from the corpus)")
-            message = reserved_warning(reserved[path], path)
-            if message:
-                warn(message)
-        n_total = sum(sizes)
-        if n_total < 4:
-            raise DataError(f"{corpus}: only {n_total} tokens after preprocessing; give more text")
-        n_valid = int(round(n_total * config.valid_fraction))
-        n_train = n_total - n_valid
-        if n_valid < 2:
-            raise DataError(f"{corpus}: the validation split would hold {n_valid} token(s) of {n_total}; raise "
-                            "--valid-fraction or give more text")
-        # pass 2: the validation tail's counts, subtracted
-        starts = np.concatenate([[0], np.cumsum(sizes)])
-        tail = [(chunk, max(0, n_train - int(s))) for chunk, s, e in zip(chunks, starts[:-1], starts[1:])
-                if e > n_train]
-        for c in _mapped(_count_tail, tail, pool, workers):
-            counts.subtract(c)
-        counts = +counts
-        vocab = Vocab.from_counts(counts, min_freq=config.min_freq, reserved_tokens=(UNK,))
-        require_real_tokens(vocab, counts.elements(), min_freq=config.min_freq, source=corpus, what="token",
-                            of="the training text")
-        dtype = shards.compact_dtype(len(vocab))
-        vocab.save(out / shards.VOCAB)                # the workers read it from there
-
-        # pass 3: encode and write
-        sink = _Sink(out, dtype, n_train, n_valid, options.shard_tokens, vocab.fingerprint())
-        vocab_path = str((out / shards.VOCAB).resolve())
-        for ids in _mapped(_encode, [(chunk, vocab_path) for chunk in chunks], pool, workers):
-            sink.write(ids)
-        entries = sink.close()
+        if tokens_lib.is_subword(config.tokens):
+            from jaxseq.data.prepare_subword import subword_passes
+            vocab, dtype, n_train, n_valid, entries = subword_passes(corpus, out, config, options, chunks, files,
+                                                                      pool, workers)
+        else:
+            vocab, dtype, n_train, n_valid, entries = _plain_passes(corpus, out, config, options, chunks, files,
+                                                                    pool, workers)
     finally:
         if pool is not None:
             pool.close()
@@ -345,7 +315,8 @@ def prepare(corpus: str, out: str | os.PathLike, config: LMDataConfig | None = N
     index = {"format": shards.FORMAT, "version": shards.VERSION,
              "sources": [str(f.resolve()) for f in files], "source_bytes": total_bytes,
              "tokenization": {k: v for k, v in to_dict(config).items() if k not in shards.TRAINING_ONLY},
-             "vocab": {"file": shards.VOCAB, "size": len(vocab), "fingerprint": vocab.fingerprint()},
+             "vocab": {"file": shards.VOCAB, "size": len(vocab), "fingerprint": vocab.fingerprint(),
+                       **_tokenizer_entry(vocab)},
              "dtype": dtype.name, "tokens": {"train": n_train, "valid": n_valid},
              "valid_shard": shards.VALID, "shards": entries,
              "prepare": {"chunk_bytes": options.chunk_bytes, "shard_tokens": options.shard_tokens,
@@ -360,6 +331,63 @@ def prepare(corpus: str, out: str | os.PathLike, config: LMDataConfig | None = N
     return index
 
 
+def _plain_passes(corpus: str, out: Path, config: LMDataConfig, options: PrepareConfig, chunks: list[Chunk],
+                  files: list[Path], pool, workers: int) -> tuple[Vocab, np.dtype, int, int, list[dict]]:
+    """The three passes of char/word tokens (module docstring): ``(vocab, dtype, n_train, n_valid, entries)``."""
+    from jaxseq.data.text import warn
+
+    # pass 1: count
+    sizes, counts = [], collections.Counter()
+    reserved: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
+    has_text: dict[str, bool] = collections.defaultdict(bool)
+    for chunk, (n, c, r, text) in zip(chunks, _mapped(_count, chunks, pool, workers)):
+        sizes.append(n)
+        counts.update(c)
+        reserved[chunk.path].update(r)
+        has_text[chunk.path] |= text
+    for path in map(str, files):
+        if not has_text[path]:
+            raise DataError(f"{path}: is empty; give a file with some text in it (or remove it from the corpus)")
+        message = reserved_warning(reserved[path], path)
+        if message:
+            warn(message)
+    n_total = sum(sizes)
+    if n_total < 4:
+        raise DataError(f"{corpus}: only {n_total} tokens after preprocessing; give more text")
+    n_valid = int(round(n_total * config.valid_fraction))
+    n_train = n_total - n_valid
+    if n_valid < 2:
+        raise DataError(f"{corpus}: the validation split would hold {n_valid} token(s) of {n_total}; raise "
+                        "--valid-fraction or give more text")
+    # pass 2: the validation tail's counts, subtracted
+    starts = np.concatenate([[0], np.cumsum(sizes)])
+    tail = [(chunk, max(0, n_train - int(s))) for chunk, s, e in zip(chunks, starts[:-1], starts[1:])
+            if e > n_train]
+    for c in _mapped(_count_tail, tail, pool, workers):
+        counts.subtract(c)
+    counts = +counts
+    vocab = Vocab.from_counts(counts, min_freq=config.min_freq, reserved_tokens=(UNK,))
+    require_real_tokens(vocab, counts.elements(), min_freq=config.min_freq, source=corpus, what="token",
+                        of="the training text")
+    dtype = shards.compact_dtype(len(vocab))
+    vocab.save(out / shards.VOCAB)                # the workers read it from there
+
+    # pass 3: encode and write
+    sink = _Sink(out, dtype, n_train, n_valid, options.shard_tokens, vocab.fingerprint())
+    vocab_path = str((out / shards.VOCAB).resolve())
+    for ids in _mapped(_encode, [(chunk, vocab_path) for chunk in chunks], pool, workers):
+        sink.write(ids)
+    return vocab, dtype, n_train, n_valid, sink.close()
+
+
+def _tokenizer_entry(vocab: Vocab) -> dict[str, str]:
+    """What the index records of a subword vocabulary's tokenizer (nothing for char/word)."""
+    if not hasattr(vocab, "tokenizer_fingerprint"):
+        return {}
+    return {"subword": vocab.kind, "tokenizer": shards.TOKENIZER,
+            "tokenizer_fingerprint": vocab.tokenizer_fingerprint()}
+
+
 def _claim(out: Path) -> None:
     """Make ``out`` a shard directory: new, empty, or an earlier `jaxseq prepare` output (whose files go)."""
     if out.exists() and not out.is_dir():
@@ -369,7 +397,7 @@ def _claim(out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     (out / shards.MARKER).write_text("jaxseq prepare writes here\n")
     (out / shards.INDEX).unlink(missing_ok=True)          # first: a half-written directory has no index
-    for old in list(out.glob("train-*.npy")) + [out / shards.VALID, out / shards.VOCAB]:
+    for old in list(out.glob("train-*.npy")) + [out / shards.VALID, out / shards.VOCAB, out / shards.TOKENIZER]:
         old.unlink(missing_ok=True)
 
 

@@ -6,6 +6,8 @@ A prepared directory ``DIR`` holds::
     index.json          format, tokenization settings, vocabulary fingerprint, dtype, counts,
                         every shard's file, split, tokens, bytes and SHA-256
     vocab.json          the vocabulary (built on the training part, as `train lm` builds it in memory)
+    tokenizer.json      (--tokens bpe|wordpiece) the Hugging Face tokenizer, trained on the training part;
+                        its fingerprint is in vocab.json and in the index
     train-00000.npy ... the training token stream, cut into shards of ``--shard-tokens`` ids
     valid.npy           the held-out validation shard (the last ``--valid-fraction`` of the stream)
 
@@ -44,6 +46,7 @@ from jaxseq.errors import DataError
 
 INDEX = "index.json"
 VOCAB = "vocab.json"
+TOKENIZER = "tokenizer.json"          # beside vocab.json for --tokens bpe|wordpiece (subword.tokenizer_file)
 MARKER = ".jaxseq-shards"
 VALID = "valid.npy"
 FORMAT = "jaxseq-shards"
@@ -187,9 +190,11 @@ class Prepared:
 
 
 def data_fingerprint(index: dict) -> str:
-    """SHA-256 over the vocabulary fingerprint and every shard's split, length and content hash."""
-    parts = [index["vocab"]["fingerprint"]] + [f"{s['split']}:{s['file']}:{s['tokens']}:{s['sha256']}"
-                                               for s in index["shards"]]
+    """SHA-256 over the vocabulary (and subword tokenizer) fingerprint and every shard's split, length and content
+    hash."""
+    tokenizer = index["vocab"].get("tokenizer_fingerprint")
+    parts = [index["vocab"]["fingerprint"], *([tokenizer] if tokenizer else [])] + [
+        f"{s['split']}:{s['file']}:{s['tokens']}:{s['sha256']}" for s in index["shards"]]
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()
 
 
@@ -233,12 +238,17 @@ def open_prepared(path: str | os.PathLike, vocab=None, *, verify: bool | None = 
         raise DataError(f"{path / VOCAB}: is not the vocabulary the shards were prepared with (fingerprint "
                         f"{saved.fingerprint()[:12]} vs {fingerprint[:12]} in {path / INDEX}); run `jaxseq prepare` "
                         "again")
+    tokenizer = index["vocab"].get("tokenizer_fingerprint")
+    if tokenizer != getattr(saved, "tokenizer_fingerprint", lambda: None)():
+        raise DataError(f"{path / TOKENIZER}: is not the tokenizer the shards were prepared with (the index says "
+                        f"{str(tokenizer)[:12]}); run `jaxseq prepare` again")
     for entry in index["shards"]:
         if entry.get("vocab") != fingerprint:
             raise DataError(f"{path / entry['file']}: prepared with another vocabulary ({str(entry.get('vocab'))[:12]} "
                             f"vs {fingerprint[:12]}); shards of different vocabularies cannot be mixed: prepare the "
                             "whole corpus into one directory")
-    if vocab is not None and vocab.fingerprint() != fingerprint:
+    if vocab is not None and (vocab.fingerprint() != fingerprint or tokenizer != getattr(
+            vocab, "tokenizer_fingerprint", lambda: None)()):
         raise DataError(f"{path}: shards prepared with vocabulary {fingerprint[:12]}, but the run's vocab.json is "
                         f"{vocab.fingerprint()[:12]}; train on shards prepared with the run's vocabulary, or start a "
                         "new --workdir")

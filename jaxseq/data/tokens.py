@@ -55,7 +55,13 @@ def default_vocab_size(texts: Iterable[str], kind: str = "bpe") -> int:
     words: set[str] = set()
     for t in texts:
         words.update(t.split())
-    size = 256 + max(64, len(words) // 4)
+    return vocab_size_for_words(len(words), kind)
+
+
+def vocab_size_for_words(distinct_words: int, kind: str = "bpe") -> int:
+    """:func:`default_vocab_size` from the number of distinct white-space separated words (for callers
+    that count the words themselves, e.g. `jaxseq prepare`, chunk by chunk)."""
+    size = 256 + max(64, distinct_words // 4)
     size = min(32000, -(-size // 64) * 64)
     return size + (256 if kind == "wordpiece" else 0)
 
