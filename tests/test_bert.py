@@ -191,10 +191,24 @@ TINY = ["--seq-len", "16", "--batch-size", "8", "--d-model", "16", "--heads", "2
 
 
 def test_cli_pretrain_fill_mask_finetune_classify(tmp_path, capsys):
+    """Byte-level BPE end to end (the word path goes through the CLI in the resume test)."""
     corpus = tmp_path / "corpus.txt"
     corpus.write_text(_corpus())
     pre, fine = tmp_path / "pre", tmp_path / "fine"
-    assert cli.main(["train", "mlm", "--data", corpus, "--workdir", pre, "--steps", "6", *TINY]) == 0
+    assert cli.main(["train", "mlm", "--data", corpus, "--workdir", pre, "--steps", "6", *TINY,
+                     "--tokens", "bpe", "--vocab-size", "300"]) == 0
+    assert (pre / "tokenizer.json").exists()
+    run, vocabs = runner.load_run(pre, mlm.TASK)
+    vocab = vocabs["vocab.json"]
+    assert len(vocab) == 300 and vocab.idx_to_token[:5] == list(mlm_data.MLM_RESERVED)
+    # the space before a mask is dropped, the word after it keeps its own: encode("the") <mask> encode(" traveller")
+    ids, positions = mlm.encode_masked_text(run, vocab, "the <mask> traveller")
+    sp = mlm_data.Specials(vocab)
+    np.testing.assert_array_equal(ids, [sp.cls, *vocab.encode_text("the"), sp.mask,
+                                        *vocab.encode_text(" traveller"), sp.sep])
+    assert ids[positions[0]] == sp.mask and vocab.decode_text(ids) == "the traveller"
+    # a literal <mask> through the tokenizer is ordinary bytes, never the mask id
+    assert sp.mask not in vocab.encode_text("the <mask> traveller").tolist()
     assert cli.main(["evaluate", "--workdir", pre]) == 0
     scores = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert scores["step"] == 6 and 0 <= scores["mlm_accuracy"] <= 1 and scores["pairs"] > 0
@@ -203,12 +217,14 @@ def test_cli_pretrain_fill_mask_finetune_classify(tmp_path, capsys):
     assert results["valid"]["mlm_accuracy"] == pytest.approx(scores["mlm_accuracy"])
     assert "mlm_accuracy_most_frequent" in results["baseline"]
 
+    filled = mlm.fill_mask(pre, ["the <mask> traveller"], top_k=3)[0]
+    probs = [p for _, p in filled.choices[0]]
+    assert len(probs) == 3 and probs == sorted(probs, reverse=True) and 0 < sum(probs) <= 1
+    assert filled.best() == f"the {filled.choices[0][0][0]} traveller"
+    assert not any(token.startswith(" ") for token, _ in filled.choices[0])      # leading space stripped
     assert cli.main(["fill-mask", "--workdir", pre, "the <mask> traveller", "--top-k", "3"]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert lines[1].startswith("  <mask> 1: ")
-    probs = [float(x.rsplit(" ", 1)[1]) for x in lines[1].split(": ", 1)[1].split(", ")]
-    assert len(probs) == 3 and probs == sorted(probs, reverse=True) and 0 < sum(probs) <= 1
-    assert lines[0].split()[1] == lines[1].split(": ", 1)[1].split()[0] and lines[0].split()[2] == "traveller"
+    assert lines[0] == filled.best() and lines[1].startswith("  <mask> 1: ")
     assert cli.main(["fill-mask", "--workdir", pre, "no mask here"]) == 1
     assert "write the token to fill as <mask>" in capsys.readouterr().err
 
@@ -223,6 +239,8 @@ def test_cli_pretrain_fill_mask_finetune_classify(tmp_path, capsys):
     assert "initialised" in out and "from scratch" not in out
     saved = json.loads((fine / "config.json").read_text())
     assert (saved["bert"]["d_model"], saved["data"]["seq_len"]) == (16, 16)          # taken from the MLM run
+    assert (saved["data"]["tokens"], saved["data"]["vocab_size"]) == ("bpe", 300)
+    assert (fine / "tokenizer.json").read_text() == (pre / "tokenizer.json").read_text()
     # the encoder starts from the pretrained weights: step 0 of a --steps 0 run would be them; compare the
     # untouched segment table row of segment 1 (only pair inputs use it; these are single texts)
     pre_params = runner.load(pre, mlm.TASK).params["encoder"]
@@ -243,6 +261,17 @@ def test_cli_pretrain_fill_mask_finetune_classify(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "has shape (16,) there and (32,) here" in err
     assert not (tmp_path / "y").exists()
+    # another tokenizer than the pretraining run's, or an edited tokenizer file: refused in one line
+    assert cli.main(["train", "classify", "--init-from", pre, "--data", labels, "--tokens", "word",
+                     "--workdir", tmp_path / "z"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "pretrained with --tokens bpe" in err and not (tmp_path / "z").exists()
+    edited = json.loads((fine / "tokenizer.json").read_text())
+    edited["model"]["vocab"] = {t: i for i, t in enumerate(reversed(list(edited["model"]["vocab"])))}
+    (fine / "tokenizer.json").write_text(json.dumps(edited))
+    assert cli.main(["classify", "--workdir", fine, "the green time walk"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "tokenizer.json" in err
 
 
 def _params(workdir):
