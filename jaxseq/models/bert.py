@@ -216,6 +216,12 @@ def _classifier_flops(run, vocab_sizes: tuple[int, ...], shapes) -> StepFlops:
 
 
 # D2L's BERT (15.8-15.10): 2 blocks, d_model 128, 2 heads, FFN 256; BERT's post-norm and GELU
+def _tensor_sizes(run) -> dict[str, int]:
+    """``ModelSpec.tensor_sizes``: the encoder blocks are the Transformer's (same parameter names), so
+    ``--tensor`` splits their heads and FFN width; the token embedding (tied to the MLM output) stays whole."""
+    return run.bert.tensor_sizes()
+
+
 _SHAPE = {"model": {"layers": 2, "dropout": 0.1},
           "bert": {"d_model": 128, "heads": 2, "ffn": 256, "norm": "post", "positional": "learned",
                    "ffn_activation": "gelu"}}
@@ -223,6 +229,7 @@ _SHAPE = {"model": {"layers": 2, "dropout": 0.1},
 register(ModelSpec(
     task="mlm", name="bert", description="BERT encoder pretrained with a masked LM and next-sentence prediction",
     sections=("bert",), build=_build_pretraining, flops=_pretraining_flops, tuned_allocator=True,
+    tensor_sizes=_tensor_sizes,
     defaults={**_SHAPE, "optim": {"optimizer": "adamw", "lr": 1e-3, "schedule": "cosine", "warmup": 100,
                                   "min_lr": 1e-4, "weight_decay": 0.01}},
     steps=2000))
@@ -230,6 +237,7 @@ register(ModelSpec(
 register(ModelSpec(
     task="classify", name="bert", description="BERT encoder with a classifier on the pooled <cls>",
     sections=("bert",), build=_build_classifier, flops=_classifier_flops, tuned_allocator=True,
+    tensor_sizes=_tensor_sizes,
     defaults={**_SHAPE, "optim": {"optimizer": "adamw", "lr": 3e-4, "schedule": "cosine", "warmup": 50,
                                   "min_lr": 1e-5, "weight_decay": 0.01}},
     steps=500))
