@@ -2,7 +2,8 @@
 from the paragraphs a masked-LM run holds out, so fine-tuning never sees text the encoder was pretrained on.
 
     python experiments/word_order_tsv.py TEXT OUT_DIR --train 300 --valid 1000 [--sentences line]
-      -> OUT_DIR/train.tsv, OUT_DIR/valid.tsv (disjoint sentences; d2l-preprocessed words)
+      -> OUT_DIR/train.tsv, OUT_DIR/valid.tsv (disjoint sentences; d2l-preprocessed words;
+      the validation examples are the same for every --train)
 """
 
 import argparse
@@ -33,7 +34,8 @@ def main() -> None:
         raise SystemExit(f"only {len(examples)} usable sentences in the held-out paragraphs")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    for name, part in (("train", examples[:args.train]), ("valid", examples[args.train:])):
+    # validation first: the same --valid examples whatever --train is
+    for name, part in (("train", examples[args.valid:]), ("valid", examples[:args.valid])):
         (out / f"{name}.tsv").write_text("".join(f"{e.label}\t{e.a}\n" for e in part))
         print(f"{out / name}.tsv: {len(part)} examples")
 
