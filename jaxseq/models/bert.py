@@ -216,10 +216,10 @@ def _classifier_flops(run, vocab_sizes: tuple[int, ...], shapes) -> StepFlops:
 
 
 # D2L's BERT (15.8-15.10): 2 blocks, d_model 128, 2 heads, FFN 256; BERT's post-norm and GELU
-def _tensor_sizes(run) -> dict[str, int]:
-    """``ModelSpec.tensor_sizes``: the encoder blocks are the Transformer's (same parameter names), so
-    ``--tensor`` splits their heads and FFN width; the token embedding (tied to the MLM output) stays whole."""
-    return run.bert.tensor_sizes()
+# No ``tensor_sizes``: ``--tensor N`` is refused for BERT (parallel.check_tensor: "no tensor-parallel axes").
+# The encoder blocks are ``transformer.Stack`` with the Transformer's parameter names, so LOGICAL_AXES would
+# split them, and a 4-device run with --tensor 2 did match data parallelism (rtol 2e-4; commit "BERT specs:
+# tensor_sizes" on branch bert2), but its test costs ~16 s of the suite's budget; enable it with that test.
 
 
 _SHAPE = {"model": {"layers": 2, "dropout": 0.1},
@@ -229,7 +229,6 @@ _SHAPE = {"model": {"layers": 2, "dropout": 0.1},
 register(ModelSpec(
     task="mlm", name="bert", description="BERT encoder pretrained with a masked LM and next-sentence prediction",
     sections=("bert",), build=_build_pretraining, flops=_pretraining_flops, tuned_allocator=True,
-    tensor_sizes=_tensor_sizes,
     defaults={**_SHAPE, "optim": {"optimizer": "adamw", "lr": 1e-3, "schedule": "cosine", "warmup": 100,
                                   "min_lr": 1e-4, "weight_decay": 0.01}},
     steps=2000))
@@ -237,7 +236,6 @@ register(ModelSpec(
 register(ModelSpec(
     task="classify", name="bert", description="BERT encoder with a classifier on the pooled <cls>",
     sections=("bert",), build=_build_classifier, flops=_classifier_flops, tuned_allocator=True,
-    tensor_sizes=_tensor_sizes,
     defaults={**_SHAPE, "optim": {"optimizer": "adamw", "lr": 3e-4, "schedule": "cosine", "warmup": 50,
                                   "min_lr": 1e-5, "weight_decay": 0.01}},
     steps=500))
