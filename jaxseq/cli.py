@@ -437,6 +437,11 @@ def _cmd_average(args) -> int:
     return 0
 
 
+def _shown(token: str) -> str:
+    """A filler as printed: as it is, or quoted when it is empty or holds white space (a subword)."""
+    return token if token and not any(c.isspace() for c in token) else repr(token)
+
+
 def _cmd_fill_mask(args) -> int:
     from jaxseq.tasks import mlm
     from jaxseq.workdir import Workdir
@@ -444,7 +449,7 @@ def _cmd_fill_mask(args) -> int:
     for filled in mlm.fill_mask(Workdir(args.workdir), args.text, top_k=args.top_k):
         print(filled.best())
         for i, choices in enumerate(filled.choices, 1):
-            print(f"  <mask> {i}: " + ", ".join(f"{token} {p:.4f}" for token, p in choices))
+            print(f"  <mask> {i}: " + ", ".join(f"{_shown(token)} {p:.4f}" for token, p in choices))
     return 0
 
 

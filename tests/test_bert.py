@@ -121,6 +121,12 @@ def test_pairs_truncation_nsp_half_true_fixed_heldout_and_resumable_batches(tmp_
     assert all(np.array_equal(x[k], y[k]) for x, y in zip(one, two) for k in x)
     n_real = sum(int(b["nsp_weights"].sum()) for b in one)
     assert n_real == len(corpus.valid.pairs)
+    # fill-mask with word tokens: each <mask> is one word's slot, the words around it looked up
+    run = mlm.resolve(data=str(path), seq_len=16, min_freq=1)
+    ids, positions = mlm.encode_masked_text(run, corpus.vocab, "The <mask> traveller <mask>")
+    np.testing.assert_array_equal(ids, [sp.cls, corpus.vocab.index("the"), sp.mask, corpus.vocab.index("traveller"),
+                                        sp.mask, sp.sep])
+    np.testing.assert_array_equal(positions, [2, 4])
 
 
 def test_too_few_sentences_and_bad_tsv_are_one_line_errors(tmp_path):
@@ -184,10 +190,11 @@ def test_two_objective_loss_matches_float64_on_masked_positions_only():
 
 # -- the CLI end to end, resume, 4 devices ----------------------------------------------------
 
-# one shape for both CLI tests (4 devices, no dropout), so the second compiles nothing new
+# one shape for both CLI tests (4 devices, no dropout, byte-level BPE), so the second compiles nothing new
+# (the word path is read through the data layer and fill-mask's encoder in the tests above)
 TINY = ["--seq-len", "16", "--batch-size", "8", "--d-model", "16", "--heads", "2", "--ffn", "32", "--layers", "1",
         "--min-freq", "1", "--eval-every", "0", "--log-every", "2", "--checkpoint-every", "3", "--no-progress",
-        "--dropout", "0", "--devices", "4"]
+        "--dropout", "0", "--devices", "4", "--tokens", "bpe", "--vocab-size", "300"]
 
 
 def test_cli_pretrain_fill_mask_finetune_classify(tmp_path, capsys):
@@ -195,6 +202,18 @@ def test_cli_pretrain_fill_mask_finetune_classify(tmp_path, capsys):
     corpus.write_text(_corpus())
     pre, fine = tmp_path / "pre", tmp_path / "fine"
     assert cli.main(["train", "mlm", "--data", corpus, "--workdir", pre, "--steps", "6", *TINY]) == 0
+    assert (pre / "tokenizer.json").exists()
+    run, vocabs = runner.load_run(pre, mlm.TASK)
+    vocab = vocabs["vocab.json"]
+    assert len(vocab) == 300 and vocab.idx_to_token[:5] == list(mlm_data.MLM_RESERVED)
+    # the space before a mask is dropped, the word after it keeps its own: encode("the") <mask> encode(" traveller")
+    ids, positions = mlm.encode_masked_text(run, vocab, "the <mask> traveller")
+    sp = mlm_data.Specials(vocab)
+    np.testing.assert_array_equal(ids, [sp.cls, *vocab.encode_text("the"), sp.mask,
+                                        *vocab.encode_text(" traveller"), sp.sep])
+    assert ids[positions[0]] == sp.mask and vocab.decode_text(ids) == "the traveller"
+    # a literal <mask> through the tokenizer is ordinary bytes, never the mask id
+    assert sp.mask not in vocab.encode_text("the <mask> traveller").tolist()
     assert cli.main(["evaluate", "--workdir", pre]) == 0
     scores = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert scores["step"] == 6 and 0 <= scores["mlm_accuracy"] <= 1 and scores["pairs"] > 0
@@ -203,12 +222,14 @@ def test_cli_pretrain_fill_mask_finetune_classify(tmp_path, capsys):
     assert results["valid"]["mlm_accuracy"] == pytest.approx(scores["mlm_accuracy"])
     assert "mlm_accuracy_most_frequent" in results["baseline"]
 
+    filled = mlm.fill_mask(pre, ["the <mask> traveller"], top_k=3)[0]
+    probs = [p for _, p in filled.choices[0]]
+    assert len(probs) == 3 and probs == sorted(probs, reverse=True) and 0 < sum(probs) <= 1
+    assert filled.best() == f"the {filled.choices[0][0][0]} traveller"
+    assert not any(token.startswith(" ") for token, _ in filled.choices[0])      # leading space stripped
     assert cli.main(["fill-mask", "--workdir", pre, "the <mask> traveller", "--top-k", "3"]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert lines[1].startswith("  <mask> 1: ")
-    probs = [float(x.rsplit(" ", 1)[1]) for x in lines[1].split(": ", 1)[1].split(", ")]
-    assert len(probs) == 3 and probs == sorted(probs, reverse=True) and 0 < sum(probs) <= 1
-    assert lines[0].split()[1] == lines[1].split(": ", 1)[1].split()[0] and lines[0].split()[2] == "traveller"
+    assert lines[0] == filled.best() and lines[1].startswith("  <mask> 1: ")
     assert cli.main(["fill-mask", "--workdir", pre, "no mask here"]) == 1
     assert "write the token to fill as <mask>" in capsys.readouterr().err
 
@@ -223,6 +244,8 @@ def test_cli_pretrain_fill_mask_finetune_classify(tmp_path, capsys):
     assert "initialised" in out and "from scratch" not in out
     saved = json.loads((fine / "config.json").read_text())
     assert (saved["bert"]["d_model"], saved["data"]["seq_len"]) == (16, 16)          # taken from the MLM run
+    assert (saved["data"]["tokens"], saved["data"]["vocab_size"]) == ("bpe", 300)
+    assert (fine / "tokenizer.json").read_text() == (pre / "tokenizer.json").read_text()
     # the encoder starts from the pretrained weights: step 0 of a --steps 0 run would be them; compare the
     # untouched segment table row of segment 1 (only pair inputs use it; these are single texts)
     pre_params = runner.load(pre, mlm.TASK).params["encoder"]
@@ -243,13 +266,24 @@ def test_cli_pretrain_fill_mask_finetune_classify(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "has shape (16,) there and (32,) here" in err
     assert not (tmp_path / "y").exists()
+    # another tokenizer than the pretraining run's, or an edited tokenizer file: refused in one line
+    assert cli.main(["train", "classify", "--init-from", pre, "--data", labels, "--tokens", "word",
+                     "--workdir", tmp_path / "z"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "pretrained with --tokens bpe" in err and not (tmp_path / "z").exists()
+    edited = json.loads((fine / "tokenizer.json").read_text())
+    edited["model"]["vocab"] = {t: i for i, t in enumerate(reversed(list(edited["model"]["vocab"])))}
+    (fine / "tokenizer.json").write_text(json.dumps(edited))
+    assert cli.main(["classify", "--workdir", fine, "the green time walk"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "tokenizer.json" in err
 
 
 def _params(workdir):
     return jax.device_get(runner.load(workdir, mlm.TASK).params)
 
 
-def test_resume_on_four_devices_is_exact(tmp_path):
+def test_resume_on_four_devices_is_exact(tmp_path, capsys):
     """Three steps, then --resume to six, on 4 forced CPU devices: the very parameters of six straight steps
     (the masks and next sentences of every batch come back with the iterator position)."""
     corpus = tmp_path / "corpus.txt"
@@ -262,6 +296,10 @@ def test_resume_on_four_devices_is_exact(tmp_path):
     straight, split = _params(tmp_path / "straight"), _params(tmp_path / "split")
     for a, b in zip(jax.tree_util.tree_leaves(straight), jax.tree_util.tree_leaves(split)):
         np.testing.assert_array_equal(a, b)
+    # --tensor: refused in one line (the encoder has no tensor-parallel axes declared)
+    assert cli.main([*base, "--workdir", tmp_path / "tensor", "--steps", "6", "--tensor", "2"]) == 1
+    assert "--tensor 2: --model bert has no tensor-parallel axes" in capsys.readouterr().err
     valid = [json.loads((tmp_path / name / "results.json").read_text())["valid"] for name in ("split", "straight")]
     assert [{k: v for k, v in d.items() if k != "wall_time"} for d in valid[:1]] == [
         pytest.approx({k: v for k, v in valid[1].items() if k != "wall_time"}, rel=1e-6)]
+

@@ -76,17 +76,22 @@ def builtin_examples(seed: int = 0, size: int = BUILTIN_SIZE) -> list[Example]:
     from jaxseq.data.mlm import split_sentences
     from jaxseq.data.text import preprocess
 
-    sentences = []
-    for para in split_sentences(corpora.builtin_text(), "punct"):
-        for s in para:
-            words = preprocess(s, "d2l").split()
-            if 6 <= len(words) <= 30 and len(set(words)) > 2:
-                sentences.append(words)
+    sentences = [preprocess(s, "d2l").split() for para in split_sentences(corpora.builtin_text(), "punct")
+                 for s in para]
+    return word_order_examples(sentences, seed, size)
+
+
+def word_order_examples(sentences: list[list[str]], seed: int = 0, size: int = BUILTIN_SIZE, *,
+                        min_words: int = 6, max_words: int = 30) -> list[Example]:
+    """The word-order task on any sentences (lists of words): of those with ``min_words..max_words`` words and
+    more than two distinct ones, ``size`` in an order fixed by ``seed``; every second one with its words
+    shuffled (label ``shuffled``, never the identity), the others as written (``ordered``)."""
+    kept = [words for words in sentences if min_words <= len(words) <= max_words and len(set(words)) > 2]
     rng = np.random.default_rng([seed, 7])
-    order = rng.permutation(len(sentences))[:size]
+    order = rng.permutation(len(kept))[:size]
     out = []
     for i, k in enumerate(order.tolist()):
-        words = list(sentences[k])
+        words = list(kept[k])
         label = "ordered"
         if i % 2:
             label = "shuffled"

@@ -59,9 +59,11 @@ import numpy as np
 
 from jaxseq.config import Config, option
 from jaxseq.data import text as text_lib
+from jaxseq.data import tokens as tokens_lib
 from jaxseq.data.epochs import EpochBatches, fold_rng, shard_rows
 from jaxseq.data.vocab import PAD, UNK, Vocab, require_real_tokens
-from jaxseq.errors import DataError
+from jaxseq.data.subword import SubwordVocab
+from jaxseq.errors import ConfigError, DataError
 
 CLS, SEP, MASK = "<cls>", "<sep>", "<mask>"
 MLM_RESERVED = (PAD, UNK, CLS, SEP, MASK)          # the vocabulary's first ids, in this order
@@ -78,14 +80,17 @@ class MLMDataConfig(Config):
 
     data: str = option("builtin", "a text file, 'builtin' (the Python reference shipped with CPython) "
                        "or a registered dataset (see `jaxseq data list`)")
-    tokens: str = option("word", "token level", choices=text_lib.TOKEN_CHOICES)
+    tokens: str = option("word", "token level: characters, words, or subwords trained on the training paragraphs "
+                         "(bpe, wordpiece; byte-level)", choices=tokens_lib.TOKEN_CHOICES)
+    vocab_size: int | None = option(None, tokens_lib.VOCAB_SIZE_HELP, minimum=1)
     preprocess: str = option("d2l", "text preprocessing of each sentence (d2l: letters only, lowercased)",
                              choices=text_lib.PREPROCESS_CHOICES)
     sentences: str = option("punct", "how paragraphs (split at blank lines) become sentences: punct (after . ! ? "
                             "and white space) or line (each line)", choices=SENTENCE_RULES)
     valid_fraction: float = option(0.1, "the last fraction of the paragraphs held out for validation",
                                    above=0.0, below=1.0)
-    min_freq: int = option(5, "tokens seen fewer times than this become <unk>", minimum=1)
+    min_freq: int = option(5, "tokens seen fewer times than this become <unk> (subwords: pairs seen fewer times "
+                           "are not merged)", minimum=1)
     seq_len: int = option(64, "positions per input <cls> A <sep> B <sep> (longer pairs are cut)", minimum=5)
     batch_size: int = option(32, "sentence pairs per batch (the global batch, over all devices and hosts)",
                              minimum=1)
@@ -94,6 +99,9 @@ class MLMDataConfig(Config):
     nsp: bool = option(True, "next-sentence prediction: B follows A half the time and the model says which "
                        "(--no-nsp: B always follows A, masked LM only)")
     valid_seed: int = option(0, "seed of the held-out pairs and masks (fixed, so runs compare)")
+
+    def check(self) -> None:
+        tokens_lib.check_vocab_size(self.tokens, self.vocab_size)
 
     @property
     def predictions(self) -> int:
@@ -147,14 +155,38 @@ def encode_text_tokens(vocab: Vocab, tokens: Sequence[str]) -> np.ndarray:
     return vocab.encode(UNK if t in specials else t for t in tokens)
 
 
+def sentence_tokens(config, text: str) -> list[str]:
+    """The tokens of one sentence (``--preprocess`` applied): characters or words; for subwords its
+    words, which :func:`encode_sentences` joins by single spaces and cuts with the tokenizer."""
+    kind = "word" if tokens_lib.is_subword(config.tokens) else config.tokens
+    return text_lib.tokenize(text_lib.preprocess(text, config.preprocess), kind)
+
+
+def check_tokenizer(vocab: Vocab, kind: str, where: str) -> None:
+    """A saved or pretrained vocabulary must be of the run's ``--tokens`` kind (subword or not, and which)."""
+    have = vocab.kind if isinstance(vocab, SubwordVocab) else None
+    if (have is None) != (not tokens_lib.is_subword(kind)) or (have is not None and have != kind):
+        raise ConfigError(f"{where}: the vocabulary is {have or 'a char/word one'}, the run asks for --tokens "
+                          f"{kind}; give --tokens {have or 'word'} (or leave --tokens out) to use it")
+
+
+def encode_sentences(vocab: Vocab, sentences: Sequence[Sequence[str]]) -> list[np.ndarray]:
+    """Each sentence's ids: its tokens looked up (:func:`encode_text_tokens`), or, with a subword
+    vocabulary, its words joined by single spaces through the tokenizer (never ``<unk>``)."""
+    if isinstance(vocab, SubwordVocab):
+        ids, lengths = vocab.encode_sentences(sentences)
+        return [a.astype(np.int32) for a in np.split(ids, np.cumsum(lengths)[:-1])] if len(sentences) else []
+    return [encode_text_tokens(vocab, s) for s in sentences]
+
+
 def _split(paragraphs: list[list[list[str]]], vocab: Vocab) -> SentenceSplit:
-    sentences, pairs = [], []
+    flat, pairs = [], []
     for para in paragraphs:
         para = [s for s in para if s]
-        start = len(sentences)
-        sentences.extend(encode_text_tokens(vocab, s) for s in para)
+        start = len(flat)
+        flat.extend(para)
         pairs.extend((start + i, start + i + 1) for i in range(len(para) - 1))
-    return SentenceSplit(sentences, np.asarray(pairs, np.int64).reshape(-1, 2))
+    return SentenceSplit(encode_sentences(vocab, flat), np.asarray(pairs, np.int64).reshape(-1, 2))
 
 
 def load_mlm_corpus(config: MLMDataConfig, vocab: Vocab | None = None) -> MLMCorpus:
@@ -163,11 +195,10 @@ def load_mlm_corpus(config: MLMDataConfig, vocab: Vocab | None = None) -> MLMCor
     the training paragraphs unless ``vocab`` is given. A split without two consecutive sentences
     (no pair) is a one-line DataError."""
     from jaxseq.data import corpora
-    from jaxseq.data.lm import tokens_from_config
 
     config.validate()
     text, source = corpora.load_text(config.data)
-    paragraphs = [[tokens_from_config(config, s) for s in para]
+    paragraphs = [[sentence_tokens(config, s) for s in para]
                   for para in split_sentences(text, config.sentences)]
     count = sum(len(p) for p in paragraphs)
     if count < 2 or not any(len([s for s in p if s]) >= 2 for p in paragraphs):
@@ -177,16 +208,30 @@ def load_mlm_corpus(config: MLMDataConfig, vocab: Vocab | None = None) -> MLMCor
     n_valid = int(round(len(paragraphs) * config.valid_fraction))
     train_par, valid_par = paragraphs[:len(paragraphs) - n_valid], paragraphs[len(paragraphs) - n_valid:]
     if vocab is None:
-        flat = [t for p in train_par for s in p for t in s]
-        vocab = Vocab.build(flat, min_freq=config.min_freq, reserved_tokens=MLM_RESERVED)
-        require_real_tokens(vocab, flat, min_freq=config.min_freq, source=source, what="token",
-                            of="the training text")
+        vocab = build_vocab(config, [s for p in train_par for s in p], source)
+    else:
+        check_tokenizer(vocab, config.tokens, source)
     train, valid = _split(train_par, vocab), _split(valid_par, vocab)
     for name, split, par in (("training", train, train_par), ("validation", valid, valid_par)):
         if len(split.pairs) == 0:
             raise DataError(f"{source}: the {name} split ({len(par)} paragraph(s)) has no two consecutive "
                             "sentences, so no sentence pairs; give more text or change --valid-fraction")
     return MLMCorpus(train, valid, vocab, source)
+
+
+def build_vocab(config, sentences: Sequence[Sequence[str]], source: str) -> Vocab:
+    """The vocabulary of the training ``sentences`` (token lists from :func:`sentence_tokens`), reserving
+    ``<pad> <unk> <cls> <sep> <mask>`` as ids 0-4: every token seen ``--min-freq`` times, or a
+    ``--tokens bpe|wordpiece`` tokenizer of ``--vocab-size`` trained on the sentences (words joined by
+    single spaces, one sentence a line)."""
+    if tokens_lib.is_subword(config.tokens):
+        return tokens_lib.build_vocab(config.tokens, [" ".join(s) for s in sentences if s],
+                                      min_freq=config.min_freq, vocab_size=config.vocab_size,
+                                      reserved_tokens=MLM_RESERVED, source=source)
+    flat = [t for s in sentences for t in s]
+    vocab = Vocab.build(flat, min_freq=config.min_freq, reserved_tokens=MLM_RESERVED)
+    require_real_tokens(vocab, flat, min_freq=config.min_freq, source=source, what="token", of="the training text")
+    return vocab
 
 
 # -- pairs and masks ---------------------------------------------------------------------------

@@ -30,10 +30,10 @@ from jaxseq.config import Config, option
 from jaxseq.data import labels as labels_lib
 from jaxseq.data import mlm as mlm_data
 from jaxseq.data import text as text_lib
+from jaxseq.data import tokens as tokens_lib
 from jaxseq.data.epochs import EpochBatches, fold_rng, shard_rows
-from jaxseq.data.lm import tokens_from_config
-from jaxseq.data.vocab import UNK, Vocab, require_real_tokens
-from jaxseq.errors import CheckpointError, DataError
+from jaxseq.data.vocab import UNK, Vocab
+from jaxseq.errors import CheckpointError, ConfigError, DataError
 from jaxseq.manifest import array_fingerprint
 from jaxseq.models.bert import BertConfig
 from jaxseq.optim import OptimConfig
@@ -44,7 +44,7 @@ from jaxseq.workdir import Workdir, WorkdirLike
 
 VOCAB, LABELS = "vocab.json", "labels.json"
 # what --init-from takes from the pretraining run for flags not given: section -> fields
-INHERITED = {"model": ("layers", "dropout"), "data": ("tokens", "preprocess", "seq_len"),
+INHERITED = {"model": ("layers", "dropout"), "data": ("tokens", "vocab_size", "preprocess", "seq_len"),
              "bert": ("d_model", "heads", "ffn", "ffn_activation", "norm", "positional", "segments")}
 
 
@@ -57,13 +57,18 @@ class ClassifyDataConfig(Config):
     valid: str | None = option(None, "a TSV file to validate on (default: a held-out --valid-fraction of --data)")
     init_from: str | None = option(None, "a `jaxseq train mlm` work directory whose encoder weights, vocabulary "
                                    "and tokenization this run starts from (default: train from scratch)")
-    tokens: str = option("word", "token level", choices=text_lib.TOKEN_CHOICES)
+    tokens: str = option("word", "token level: characters, words, or subwords trained on the training texts (bpe, "
+                         "wordpiece; with --init-from: the pretraining run's)", choices=tokens_lib.TOKEN_CHOICES)
+    vocab_size: int | None = option(None, tokens_lib.VOCAB_SIZE_HELP, minimum=1)
     preprocess: str = option("d2l", "text preprocessing", choices=text_lib.PREPROCESS_CHOICES)
     valid_fraction: float = option(0.2, "fraction of --data held out (after a fixed shuffle) when no --valid is given",
                                    above=0.0, below=1.0)
     min_freq: int = option(1, "without --init-from: tokens seen fewer times become <unk>", minimum=1)
     seq_len: int = option(64, "positions per input (longer texts are cut)", minimum=4)
     batch_size: int = option(32, "examples per batch (the global batch, over all devices and hosts)", minimum=1)
+
+    def check(self) -> None:
+        tokens_lib.check_vocab_size(self.tokens, self.vocab_size)
 
 
 @dataclass
@@ -93,7 +98,7 @@ class ClassifyData:
 
 
 def _tokens(config, text: str) -> list[str]:
-    return tokens_from_config(config, text)
+    return mlm_data.sentence_tokens(config, text)
 
 
 def encode_examples(examples: list[labels_lib.Example], config, vocab: Vocab, labels: Vocab | None,
@@ -103,9 +108,11 @@ def encode_examples(examples: list[labels_lib.Example], config, vocab: Vocab, la
     n, t = len(examples), config.seq_len
     out = Encoded(np.zeros((n, t), np.int32), np.zeros((n, t), np.int32), np.zeros(n, np.int32),
                   np.zeros(n, np.int32))
+    texts = [_tokens(config, s) for ex in examples for s in (ex.a, ex.b) if s is not None]
+    ids = iter(mlm_data.encode_sentences(vocab, texts))
     for i, ex in enumerate(examples):
-        a = mlm_data.encode_text_tokens(vocab, _tokens(config, ex.a))
-        b = None if ex.b is None else mlm_data.encode_text_tokens(vocab, _tokens(config, ex.b))
+        a = next(ids)
+        b = None if ex.b is None else next(ids)
         out.tokens[i], out.segments[i], out.valid_len[i] = mlm_data.pack_pair(a, b, t, sp)
         if labels is not None:
             index = labels.index(ex.label)
@@ -140,14 +147,14 @@ def load_classify_data(config: ClassifyDataConfig, vocabs: dict[str, Vocab] | No
         valid_ex, valid_source = labels_lib.read_labelled(config.valid), config.valid
     if vocabs is not None:
         vocab, labels = vocabs[VOCAB], vocabs[LABELS]
+        mlm_data.check_tokenizer(vocab, config.tokens, "the run's vocab.json")
     else:
         if config.init_from is not None:
             vocab = runner.load_run(config.init_from, _mlm_task())[1][VOCAB]
+            mlm_data.check_tokenizer(vocab, config.tokens, f"--init-from {config.init_from}")
         else:
-            flat = [t for ex in train_ex for s in (ex.a, ex.b) if s is not None for t in _tokens(config, s)]
-            vocab = Vocab.build(flat, min_freq=config.min_freq, reserved_tokens=mlm_data.MLM_RESERVED)
-            require_real_tokens(vocab, flat, min_freq=config.min_freq, source=source, what="token",
-                                of="the training texts")
+            vocab = mlm_data.build_vocab(config, [_tokens(config, s) for ex in train_ex for s in (ex.a, ex.b)
+                                                  if s is not None], source)
         labels = Vocab([UNK] + sorted({ex.label for ex in train_ex}))
         if len(labels) < 3:
             raise DataError(f"{source}: the training examples have one label ({labels.idx_to_token[1]!r}); "
@@ -297,6 +304,12 @@ class ClassifyTask(runner.Task):
                 given[key] = runner.absolute_data(str(given[key]), ())
         if given.get("init_from") is not None:
             pre = _init_run(str(given["init_from"]))
+            for f in ("tokens", "vocab_size"):         # the pretrained vocabulary is taken as it is
+                if f in given and given[f] != getattr(pre.data, f):
+                    flag = "--" + f.replace("_", "-")
+                    raise ConfigError(f"--init-from {given['init_from']}: pretrained with {flag} "
+                                      f"{getattr(pre.data, f)}, this run asks for {flag} {given[f]}; leave {flag} "
+                                      "out to take the pretrained tokenizer")
             for section, fields in INHERITED.items():
                 for f in fields:
                     if f not in given and section in pre.sections:

@@ -23,7 +23,7 @@ from jaxseq import losses, parallel, train
 from jaxseq.config import Config, option
 from jaxseq.data import corpora
 from jaxseq.data import mlm as data_lib
-from jaxseq.data.lm import tokens_from_config
+from jaxseq.data.subword import SubwordVocab
 from jaxseq.data.vocab import Vocab
 from jaxseq.errors import DataError
 from jaxseq.manifest import array_fingerprint
@@ -207,7 +207,7 @@ def evaluate_mlm(workdir: WorkdirLike, data: str | None = None, *, allow_data_ch
 def text_split(run: Run, vocab: Vocab, path: str) -> data_lib.SentenceSplit:
     """Every paragraph of the text file ``path`` as one split (for evaluation); no pair is a DataError."""
     text, source = corpora.load_text(path)
-    paragraphs = [[tokens_from_config(run.data, s) for s in para]
+    paragraphs = [[data_lib.sentence_tokens(run.data, s) for s in para]
                   for para in data_lib.split_sentences(text, run.data.sentences)]
     runner.warn_unknown(source, vocab.unknown(t for p in paragraphs for s in p for t in s))
     split = data_lib._split(paragraphs, vocab)
@@ -220,7 +220,17 @@ def text_split(run: Run, vocab: Vocab, path: str) -> data_lib.SentenceSplit:
 def encode_masked_text(run: Run, vocab: Vocab, text: str) -> tuple[np.ndarray, np.ndarray]:
     """``<cls> text <sep>`` with each ``<mask>`` of ``text`` as the mask id -> ``(ids (n,), mask positions)``.
 
-    The text between masks goes through the run's tokenization; a text
+    The text is split at the literal ``<mask>``; the pieces between go
+    through the run's tokenization, so a typed ``<mask>`` is the mask id while
+    the tokenizer alone never makes one. Subwords: a sentence was encoded in
+    training as its first word, then `` " " + word`` for each next word
+    (byte-level BPE/WordPiece carry the space on the following piece), so the
+    words of the pieces are encoded the same way: the first word of the text
+    without a space, every later word with one, except a word glued to the
+    mask (``trav<mask>``, ``<mask>ler``) which continues it. "the <mask>
+    traveller" is thus ``encode("the") + [<mask>] + encode(" traveller")``;
+    the mask stands for one subword (a word-initial one carries its space,
+    which :func:`fill_mask_loaded` strips when it shows the filler). A text
     without ``<mask>`` or longer than ``--seq-len`` is a one-line DataError.
     """
     pieces = text.split(data_lib.MASK)
@@ -229,10 +239,16 @@ def encode_masked_text(run: Run, vocab: Vocab, text: str) -> tuple[np.ndarray, n
                         f"\"the {data_lib.MASK} traveller\"")
     sp = data_lib.Specials(vocab)
     ids, positions = [sp.cls], []
+    subword = isinstance(vocab, SubwordVocab)
     for i, piece in enumerate(pieces):
-        tokens = tokens_from_config(run.data, piece)
-        runner.warn_unknown(repr(text), vocab.unknown(tokens))
-        ids.extend(data_lib.encode_text_tokens(vocab, tokens).tolist())
+        tokens = data_lib.sentence_tokens(run.data, piece)
+        if subword and tokens:
+            glued = i > 0 and not piece[:1].isspace()           # "<mask>ler": the word continues the mask
+            first = "" if (i == 0 and len(ids) == 1) or glued else " "
+            ids.extend(vocab.encode_text(first + " ".join(tokens)).tolist())
+        else:
+            runner.warn_unknown(repr(text), vocab.unknown(tokens))
+            ids.extend(data_lib.encode_text_tokens(vocab, tokens).tolist())
         if i < len(pieces) - 1:
             positions.append(len(ids))
             ids.append(sp.mask)
@@ -281,9 +297,17 @@ def fill_mask_loaded(loaded: runner.Loaded, texts: list[str], top_k: int = 5) ->
         choices = []
         for row in probs:
             best = np.argsort(-row, kind="stable")[:top_k]
-            choices.append([(vocab.idx_to_token[i], float(row[i])) for i in best])
+            choices.append([(_filler(vocab, i), float(row[i])) for i in best])
         results.append(Filled(text, choices))
     return results
+
+
+def _filler(vocab: Vocab, index: int) -> str:
+    """The text of a filler id: the token, or a subword's bytes decoded with its leading space stripped
+    (the user's text already has the space before ``<mask>``)."""
+    if isinstance(vocab, SubwordVocab):
+        return vocab.decode_text([index]).lstrip(" ")
+    return vocab.idx_to_token[index]
 
 
 def fill_mask(workdir: WorkdirLike, texts: list[str], top_k: int = 5) -> list[Filled]:
