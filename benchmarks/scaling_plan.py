@@ -23,7 +23,6 @@ os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from jaxseq import scaling  # noqa: E402
-from jaxseq.scaling import GiB  # noqa: E402
 
 MAX_BATCH = {"125M": 256, "350M": 256, "1.3B": 512}     # GPT-3's batch sizes: 0.5M, 0.5M and 1M tokens
 
@@ -46,8 +45,6 @@ def plan(mfu: float) -> None:
 
 
 def check() -> None:
-    import jax
-    import numpy as np
     from jaxseq import inspection
     from jaxseq.tasks import lm as lm_task
     print("\ncheck against XLA's memory analysis (jaxseq inspect --what memory), float32 on CPU:")
