@@ -615,7 +615,9 @@ def drive(sections: list[str], smoke: bool, budget: float, out: Path | None) -> 
         env.setdefault("JAX_PLATFORMS", "cpu")
         # tiny programs: compile time dominates, and LLVM's optimisation level 0 compiles them faster
         env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " --xla_backend_optimization_level=0").strip()
-    caps = [SMOKE_CAP if smoke else CAPS[name] for name in sections]
+    if smoke:
+        return _drive_smoke(sections, logs, env, out, start)
+    caps = [CAPS[name] for name in sections]
     for i, name in enumerate(sections):
         cap = caps[i]
         left = budget - (time.time() - start)
@@ -674,6 +676,34 @@ def drive(sections: list[str], smoke: bool, budget: float, out: Path | None) -> 
     return rows
 
 
+def _drive_smoke(sections: list[str], logs: Path, env: dict, out: Path | None, start: float) -> list[dict]:
+    """``--cpu-smoke``: every section in ONE child process (tiny sizes: starting Python, JAX and PyTorch
+    once per section would cost more than the sections), still each under its error catch."""
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--cpu-smoke", "--result", str(logs), "--section-list",
+           *sections]
+    print(f"== {', '.join(sections)} (one process, cap {SMOKE_CAP * len(sections)} s)", flush=True)
+    with open(logs / "smoke.log", "w") as log:
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        try:
+            code = proc.wait(timeout=SMOKE_CAP * len(sections))
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, 9)
+            proc.wait()
+            code = "timeout"
+    rows: list[dict] = []
+    for name in sections:
+        rows.extend(_read_rows(logs / f"{name}.jsonl"))
+    if code != 0:
+        rows.append({"section": "smoke", "what": "(run)", "value": None, "unit": "",
+                     "note": f"ERROR {code}: see {logs / 'smoke.log'}"})
+    if out:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "device_check_logs.txt").write_text((logs / "smoke.log").read_text(errors="replace"))
+    rows.append({"section": "total", "what": "wall time", "value": round(time.time() - start, 1), "unit": "s",
+                 "note": f"cpu smoke sizes, one process; logs in {logs}"})
+    return rows
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--cpu-smoke", action="store_true", help="tiny sizes on the CPU (about a minute)")
@@ -682,9 +712,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=None, help="where the table, JSON and logs go (default $OUT)")
     parser.add_argument("--section", choices=list(SECTIONS), help=argparse.SUPPRESS)
     parser.add_argument("--result", help=argparse.SUPPRESS)
+    parser.add_argument("--section-list", nargs="+", choices=list(SECTIONS), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.section:
         run_section(args.section, args.result, args.cpu_smoke)
+        return 0
+    if args.section_list:
+        for name in args.section_list:
+            print(f"== {name}", flush=True)
+            run_section(name, str(Path(args.result) / f"{name}.jsonl"), args.cpu_smoke)
         return 0
     out = args.out or (Path(os.environ["OUT"]) if os.environ.get("OUT") else None)
     rows = drive(args.sections, args.cpu_smoke, args.budget, out)
