@@ -352,22 +352,28 @@ def _cmd_inspect(args) -> int:
     return 0
 
 
+# the evaluate flags each task reads (besides --workdir, --data, --allow-data-change); any other given is refused
+_EVALUATE_FLAGS = {"lm": ("--eval-context",),
+                   "translate": ("--beam", "--length-penalty", "--max-len-a", "--max-len-b", "--checkpoint", "--split"),
+                   "mlm": (), "classify": ()}
+_TASK_WORDS = {"lm": "language-model", "translate": "translation", "mlm": "masked-LM", "classify": "classifier"}
+
+
 def _cmd_evaluate(args) -> int:
+    from jaxseq.errors import ConfigError
     from jaxseq.workdir import Workdir
 
     workdir = Workdir(args.workdir)
     task = workdir.require_any()
-    if task in ("mlm", "classify") and (args.eval_context is not None or args.beam is not None):
-        from jaxseq.errors import ConfigError
-        raise ConfigError(f"--eval-context and --beam are for language and translation models; this is a {task} run")
+    given = {"--eval-context": args.eval_context, "--beam": args.beam, "--length-penalty": args.alpha,
+             "--max-len-a": args.max_len_a, "--max-len-b": args.max_len_b, "--checkpoint": args.checkpoint,
+             "--split": args.split}
+    unread = [flag for flag, value in given.items() if value is not None and flag not in _EVALUATE_FLAGS[task]]
+    if unread:
+        readers = sorted({_TASK_WORDS[t] for f in unread for t, flags in _EVALUATE_FLAGS.items() if f in flags})
+        raise ConfigError(f"{', '.join(unread)}: for {' and '.join(readers)} runs; this is a {_TASK_WORDS[task]} run")
     if task == "lm":
         from jaxseq.tasks import lm
-        given = [flag for flag, value in (("--length-penalty", args.alpha), ("--max-len-a", args.max_len_a),
-                                          ("--max-len-b", args.max_len_b), ("--checkpoint", args.checkpoint),
-                                          ("--split", args.split)) if value is not None]
-        if given:
-            from jaxseq.errors import ConfigError
-            raise ConfigError(f"{', '.join(given)}: for translation runs; this is a language-model run")
         result = lm.evaluate_lm(workdir, args.data, allow_data_change=args.allow_data_change,
                                 context=args.eval_context)
     elif task == "mlm":
@@ -377,12 +383,8 @@ def _cmd_evaluate(args) -> int:
         from jaxseq.tasks import classify
         result = classify.evaluate_classify(workdir, args.data, allow_data_change=args.allow_data_change)
     else:
-        if args.eval_context is not None:
-            from jaxseq.errors import ConfigError
-            raise ConfigError("--eval-context is for language models; this is a translation run")
         from jaxseq.tasks import translate
         if args.split is not None and args.data is not None:
-            from jaxseq.errors import ConfigError
             raise ConfigError("--split picks one of the run's own splits; give it or --data, not both")
         result = translate.evaluate_translate(workdir, args.data, beam=args.beam, alpha=args.alpha,
                                               max_len_a=args.max_len_a, max_len_b=args.max_len_b,

@@ -124,6 +124,10 @@ class Config:
     def check(self) -> None:
         """Rules across fields (none by default)."""
 
+    def check_run(self, run: Any) -> None:
+        """Rules against the run's other sections (``Run.validate`` calls it; none by default), e.g.
+        ``--attention-impl`` against ``--dtype`` and ``--dropout``."""
+
 
 def plain(value: Any, scalar: type) -> Any:
     """``value`` as the plain Python type of its field: ``128.0`` -> ``128`` for an int field, NumPy

@@ -360,8 +360,7 @@ class _Periodic:
         self.flops_fn, self.peak, self._flops = flops, peak, {}
         self.pending: list[dict] = []
         self.streak = 0                  # consecutive non-finite steps seen on the host
-        self.window = {"nll": 0.0, "tokens": 0.0, "time": time.perf_counter(), "skipped": 0, "wait": 0.0,
-                       "flops": 0.0, "positions": 0, "real": 0.0, "slots": 0.0}
+        self.window = _empty_window(time.perf_counter())
         # the best --best-metric score seen (higher is better: a loss negated; a resumed run's kept best) and
         # the validations since it (--patience counts afresh after a resume)
         kept = checkpointer.best_loss if checkpointer is not None and config.keep_best else math.inf
@@ -427,8 +426,7 @@ class _Periodic:
         shown = {"mfu": f"{record['mfu']:.1%}"} if "mfu" in record else {}
         self.bar.set_postfix(loss=f"{loss:.3f}", ppl=f"{record['perplexity']:.2f}",
                              tok_s=f"{record['tokens_per_s']:.0f}", **shown, refresh=False)
-        window.update(nll=0.0, tokens=0.0, time=now, skipped=0, wait=0.0, flops=0.0, positions=0, real=0.0,
-                      slots=0.0)
+        self.window = _empty_window(now)
 
     def _nonfinite_stop(self, streak_start: int, count: int) -> None:
         last = self.checkpointer.latest_step() if self.checkpointer else None
@@ -490,6 +488,13 @@ class _Periodic:
         record = {"step": step, "split": "checkpoint", "checkpoint_blocked_s": self.checkpointer.last_blocked_s,
                   "wall_time": time.perf_counter() - self.t0}
         self.metrics_log.write(record)
+
+
+def _empty_window(now: float) -> dict:
+    """A logging window's sums, empty, starting at ``now``: NLL and tokens, skipped steps, seconds waiting for
+    data, analytic FLOPs and positions (MFU), real and padded token slots (``nonpad_fraction``)."""
+    return {"nll": 0.0, "tokens": 0.0, "time": now, "skipped": 0, "wait": 0.0, "flops": 0.0, "positions": 0,
+            "real": 0.0, "slots": 0.0}
 
 
 def padding_counts(batch: Batch) -> tuple[float, float] | None:

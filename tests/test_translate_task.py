@@ -102,7 +102,7 @@ def test_unknown_words_become_unk_with_a_warning(trained, capsys):
     (["translate", "--input", "{tmp}/blank.txt", "one cat"], "not both"),
     (["evaluate", "--data", "{tmp}/bad.tsv"], "bad.tsv:2: no tab"),
     (["evaluate", "--data", "{tmp}/missing.tsv"], "missing.tsv: no such file"),
-    (["evaluate", "--eval-context", "window"], "--eval-context is for language models"),
+    (["evaluate", "--eval-context", "window"], "--eval-context: for language-model runs"),
 ])
 def test_bad_input_gives_one_line_errors(trained, tmp_path, capsys, args, message):
     (tmp_path / "blank.txt").write_text("one cat\n\ntwo dogs\n", encoding="utf-8")

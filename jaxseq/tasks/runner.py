@@ -93,8 +93,7 @@ class Run:
         for section in self.sections.values():
             section.validate()
         for section in self.sections.values():      # rules across sections (e.g. --attention-impl vs --dtype)
-            if hasattr(section, "check_run"):
-                section.check_run(self)
+            section.check_run(self)
 
 
 class Task(abc.ABC):
