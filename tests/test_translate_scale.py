@@ -132,7 +132,7 @@ def test_tied_embeddings_share_the_tables_and_the_output_projection(trained):
     y = model.apply({"params": p}, batch, memory, src_len, method=lambda m, b, mem, sl: m.decoder(
         m.tgt_embedder(b["tgt_in"]), memory=mem, memory_valid_lens=sl))
     table = np.asarray(p["tgt_embedder"]["embed"]["embedding"], np.float64)
-    np.testing.assert_allclose(np.asarray(logits), np.asarray(y, np.float64) @ table.T / 4.0, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(np.asarray(logits), np.asarray(y, np.float64) @ table.T, rtol=1e-4, atol=1e-5)
 
 
 # -- early stopping and the best checkpoint ------------------------------------------------

@@ -80,7 +80,6 @@ and the CLI need nothing more.
 from __future__ import annotations
 
 import functools
-import math
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -113,7 +112,7 @@ class TranslationModelConfig(Config):
     dropout: float = option(0.2, "dropout between GRU layers and on attention weights; in the Transformer "
                             "also on embeddings and sublayer outputs", minimum=0.0, below=1.0)
     tie_embeddings: str = option("none", "transformer: output: the output projection is the target embedding "
-                                 "(logits = y E^T / sqrt(d)); all: also one embedding table for source and "
+                                 "(logits = y E^T, as in Vaswani et al.); all: also one embedding table for source and "
                                  "target (needs --joint-vocab); none: separate",
                                  choices=TIE_CHOICES)
 
@@ -418,11 +417,17 @@ class TransformerEncoderDecoder(nn.Module):
             self.out = Projection(self.tgt_vocab_size, dtype=self.dtype, name="out")
 
     def _logits(self, y: Array) -> Array:
-        """``(..., D)`` -> ``(..., V)``: the output projection, or (tied) ``y E^T / sqrt(D)`` as the Flax wmt
-        example computes it, ``E`` the target embedding table."""
+        """``(..., D)`` -> ``(..., V)``: the output projection, or (tied) ``y E^T``, ``E`` the target embedding
+        table, as in "Attention is all you need" (the input side reads ``E[x] sqrt(D)``).
+
+        ``E`` is initialised with standard deviation ``1/sqrt(D)``, so ``y E^T`` starts with logits of unit
+        scale. (The Flax wmt example divides by ``sqrt(D)`` because its table starts at standard deviation 1
+        and its input is not scaled; with this table that division starts the logits 16x too small at
+        ``D = 256`` and training crawls: validation perplexity 6,822 against 168 untied after 120 steps on
+        fra-eng.)"""
         if self.tie == "none":
             return self.out(y)
-        return self.tgt_embedder.attend(y) / jnp.asarray(math.sqrt(self.d_model), self.dtype)
+        return self.tgt_embedder.attend(y)
 
     @staticmethod
     def sown_cross_attention(intermediates: dict) -> Array:
