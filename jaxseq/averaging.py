@@ -78,7 +78,8 @@ def average_checkpoints(workdir: WorkdirLike, *, last: int | None = None, steps:
                         echo: Callable[[str], None] = print) -> dict:
     """Average checkpoints of the run in ``workdir`` into ``checkpoints/averaged`` (module docstring).
 
-    Returns ``{"steps": the averaged steps, "step": the newest, "path": the written step folder}``.
+    Returns ``{"steps": the averaged steps, "step": the newest, "path": the written step folder,
+    "params": the averaged parameters}``.
     """
     from jaxseq.tasks import runner
 
@@ -86,36 +87,46 @@ def average_checkpoints(workdir: WorkdirLike, *, last: int | None = None, steps:
     task = importlib.import_module(f"jaxseq.tasks.{workdir.require_any()}").TASK
     with workdir.lock(create=False):
         run, vocabs = runner.load_run(workdir, task)
-        if not run.spec.neural:
-            raise ConfigError(f"{workdir.path}: a {run.model.model} model has no checkpoints to average")
-        _, abstract = runner.abstract_run_state(task, run, vocabs)
-        expected = runner.manifest(run, vocabs, abstract.params, None)
-        reader = Checkpointer(workdir.checkpoints, read_only=True)
-        try:
-            chosen = choose_steps(reader.steps(), last, steps)
-            for step in chosen:                 # every manifest first: refuse before reading any array
-                expected.check(reader.read_manifest(step), step, str(workdir.checkpoints))
-            states = []
-            for step in chosen:
-                state, data, _ = reader.restore(abstract, expected, step=step)
-                states.append(jax.device_get(state))
-            newest_manifest = reader.read_manifest(chosen[-1])
-        finally:
-            reader.close()
-        averaged = states[-1].replace(params=mean_params([s.params for s in states]))
-        directory = workdir.checkpoints / AVERAGED
-        if directory.exists():
-            from jaxseq.checkpoint import _remove_dir
-            _remove_dir(directory)
-        writer = Checkpointer(directory, keep=1)
-        try:
-            writer.save(chosen[-1], averaged, data, dict(newest_manifest, step=chosen[-1], averaged=chosen))
-        finally:
-            writer.close()
-    path = directory / str(chosen[-1])
-    echo(f"averaged the parameters of steps {', '.join(map(str, chosen))} into {path}; use it with "
-         "--checkpoint averaged")
-    return {"steps": chosen, "step": chosen[-1], "path": str(path)}
+        result = write_average(workdir, task, run, vocabs, last=last, steps=steps)
+    echo(f"averaged the parameters of steps {', '.join(map(str, result['steps']))} into {result['path']}; use "
+         "it with --checkpoint averaged")
+    return result
 
 
-__all__ = ["average_checkpoints", "choose_steps", "mean_params", "parse_steps", "AVERAGED"]
+def write_average(workdir: Workdir, task: Any, run: Any, vocabs: dict, *, last: int | None = None,
+                  steps: Sequence[int] | None = None) -> dict:
+    """:func:`average_checkpoints` for a caller that holds ``workdir``'s lock and knows its run (the trainer,
+    with ``--average-last``)."""
+    from jaxseq.tasks import runner
+
+    if not run.spec.neural:
+        raise ConfigError(f"{workdir.path}: a {run.model.model} model has no checkpoints to average")
+    _, abstract = runner.abstract_run_state(task, run, vocabs)
+    expected = runner.manifest(run, vocabs, abstract.params, None)
+    reader = Checkpointer(workdir.checkpoints, read_only=True)
+    try:
+        chosen = choose_steps(reader.steps(), last, steps)
+        for step in chosen:                 # every manifest first: refuse before reading any array
+            expected.check(reader.read_manifest(step), step, str(workdir.checkpoints))
+        states = []
+        for step in chosen:
+            state, data, _ = reader.restore(abstract, expected, step=step)
+            states.append(jax.device_get(state))
+        newest_manifest = reader.read_manifest(chosen[-1])
+    finally:
+        reader.close()
+    averaged = states[-1].replace(params=mean_params([s.params for s in states]))
+    directory = workdir.checkpoints / AVERAGED
+    if directory.exists():
+        from jaxseq.checkpoint import _remove_dir
+        _remove_dir(directory)
+    writer = Checkpointer(directory, keep=1)
+    try:
+        writer.save(chosen[-1], averaged, data, dict(newest_manifest, step=chosen[-1], averaged=chosen))
+    finally:
+        writer.close()
+    return {"steps": chosen, "step": chosen[-1], "path": str(directory / str(chosen[-1])),
+            "params": averaged.params}
+
+
+__all__ = ["average_checkpoints", "write_average", "choose_steps", "mean_params", "parse_steps", "AVERAGED"]

@@ -74,7 +74,7 @@ def _add_task_flags(parser: argparse.ArgumentParser, task) -> None:
 
     ``--model`` lists the registry's models; each model-family section's
     title names the models that read it, and the help shows each model's
-    own defaults where they differ.
+    own defaults where they differ (and those on the user's own data file).
     """
     from jaxseq.config import add_arguments
     from jaxseq.models import registry
@@ -88,6 +88,9 @@ def _add_task_flags(parser: argparse.ArgumentParser, task) -> None:
         for spec in specs:
             for field, value in spec.defaults.get(section, {}).items():
                 overrides.setdefault(field, []).append(f"{spec.name} {value}")
+            on_data = spec.data_defaults({"data": "FILE", "tokens": "bpe"}) if spec.data_defaults else {}
+            for field, value in on_data.get(section, {}).items():      # the usual case: subwords, no length
+                overrides.setdefault(field, []).append(f"{spec.name} with --data FILE {value}")
         extra = {"model": {"choices": registry.names(task.name)}} if section == "model" else {}
         about = ("; ".join(f"{s.name}: {s.description}" for s in specs) if section == "model" else None)
         add_arguments(parser.add_argument_group(title, about), cls, exclude=seen, per_model=overrides, extra=extra)

@@ -66,6 +66,9 @@ class TrainConfig(Config):
     async_checkpoint: bool = option(False, "write checkpoints in the background (Orbax async): the loop waits only "
                                     "for the copy off the devices; a step counts once fully written",
                                     resumable=True)
+    average_last: int = option(0, "after training, average the parameters of the last K checkpoints into "
+                               "checkpoints/averaged (as `jaxseq average --last K`) and report the average's "
+                               "scores too (0: off; needs --keep K or more)", minimum=0, resumable=True)
     keep_best: bool = option(False, "also keep the checkpoint with the best validation --best-metric "
                              "(checkpoints/best)")
     best_metric: str = option("loss", "validation metric that picks checkpoints/best and drives --patience: "
@@ -96,6 +99,9 @@ class TrainConfig(Config):
             raise ConfigError("give --steps or --epochs, not both")
         if self.profile is not None:
             parse_window(self.profile)
+        if self.average_last > self.keep:
+            raise ConfigError(f"--average-last {self.average_last} averages checkpoints that --keep {self.keep} "
+                              f"deletes; give --keep {self.average_last} or more")
 
     @property
     def compute_dtype(self) -> Any:

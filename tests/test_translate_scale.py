@@ -20,7 +20,8 @@ WORDS = [("one", "un"), ("two", "deux"), ("cat", "chat"), ("dog", "chien"), ("bi
          ("and", "et"), ("small", "petit")]
 SMALL = ["--model", "transformer", "--d-model", "16", "--heads", "2", "--ffn", "32", "--layers", "1",
          "--dropout", "0", "--min-freq", "1", "--max-len", "8", "--buckets", "step8", "--batch-size", "8",
-         "--lr", "0.02", "--warmup", "0", "--log-every", "10", "--no-progress", "--beam", "1", "--examples", "0"]
+         "--lr", "0.02", "--warmup", "0", "--schedule", "constant", "--log-every", "10", "--no-progress", "--beam", "1",
+         "--examples", "0"]
 
 
 def run_cli(capsys, *args):
@@ -48,12 +49,14 @@ def pairs_file(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, pairs_file):
-    """A tied-output Transformer on --batch-tokens batches, validated by BLEU every 10 steps with --patience 2."""
+    """A tied-output Transformer on --batch-tokens batches, validated by BLEU every 10 steps with --patience 2,
+    the last 3 checkpoints averaged at the end (--average-last 3)."""
     workdir = tmp_path_factory.mktemp("runs") / "scale"
     code = cli.main(["train", "translate", "--data", pairs_file, *SMALL, "--batch-tokens", "96",
                      "--tie-embeddings", "output", "--valid-fraction", "0.25", "--test-fraction", "0",
                      "--steps", "400", "--eval-every", "10", "--checkpoint-every", "10", "--keep", "40",
-                     "--keep-best", "--best-metric", "bleu", "--patience", "2", "--workdir", workdir])
+                     "--keep-best", "--best-metric", "bleu", "--patience", "2", "--average-last", "3",
+                     "--workdir", workdir])
     assert code == 0
     return workdir
 
@@ -96,6 +99,7 @@ def test_token_batches_cover_each_pair_once_within_the_budget_and_resume_exactly
     (["--tie-embeddings", "all"], "--tie-embeddings all shares one embedding table between the languages, but "
                                   "their vocabularies differ"),
     (["--tie-embeddings", "output", "--model", "bahdanau"], "--tie-embeddings output is for the transformer"),
+    (["--average-last", "5", "--keep", "3"], "--average-last 5 averages checkpoints that --keep 3 deletes"),
 ])
 def test_bad_scale_flags_give_one_line_before_training(pairs_file, tmp_path, capsys, flags, message):
     small = SMALL[8:] if "bahdanau" in flags else SMALL          # without the transformer's sizes
@@ -183,6 +187,57 @@ def test_average_of_identical_checkpoints_is_the_same_model(trained, tmp_path, c
         *parts, mean = (np.asarray(x, np.float64) for x in path_leaves)
         assert not np.array_equal(parts[0], parts[1]) or not parts[0].any()     # different checkpoints
         np.testing.assert_allclose(mean, sum(parts) / 2, rtol=1e-6, atol=1e-7)
+
+
+def test_average_last_reports_the_mean_of_the_last_checkpoints(trained):
+    results = json.loads((trained / "results.json").read_text())
+    saved = sorted(int(p.name) for p in (trained / "checkpoints").iterdir() if p.name.isdigit())
+    averaged = results["averaged"]
+    assert averaged["steps"] == saved[-3:] and saved[-1] == results["step"]
+    assert set(averaged["valid"]) >= {"bleu", "chrf", "exact"}        # scored like the last checkpoint
+    trees = [runner.load(trained, translate_task.TASK, checkpoint=str(s)).params for s in saved[-3:]]
+    avg = runner.load(trained, translate_task.TASK, checkpoint="averaged").params
+    for *parts, mean in zip(*(jax.tree_util.tree_leaves(t) for t in trees), jax.tree_util.tree_leaves(avg)):
+        np.testing.assert_allclose(np.asarray(mean, np.float64), sum(np.asarray(p, np.float64) for p in parts) / 3,
+                                   rtol=1e-6, atol=1e-7)
+
+
+def test_average_last_is_refused_where_the_report_cannot_score_it(tmp_path, capsys):
+    code, _, err = run_cli(capsys, "train", "lm", "--model", "rnn", "--steps", "2", "--average-last", "2",
+                           "--workdir", tmp_path / "lm")
+    assert code == 1 and err.count("\n") == 1 and "--average-last is for translation runs" in err, err
+    assert not (tmp_path / "lm" / "checkpoints").exists()
+
+
+# -- defaults on the user's own pairs --------------------------------------------------------
+
+def test_transformer_defaults_scale_to_a_data_file():
+    """On a file the Transformer trains as on a real corpus; flags given win; the dates task is untouched."""
+    run = translate_task.resolve(model="transformer", data="pairs.tsv", tokens="bpe", time_limit=2700)
+    assert (run.data.batch_tokens, run.data.buckets, run.data.max_len) == (4096, "step4", 32)
+    assert (run.data.valid_max, run.data.test_max, run.data.joint_vocab) == (1000, 5000, True)
+    assert (run.model.tie_embeddings, run.model.dropout) == ("all", 0.1)
+    assert (run.optim.schedule, run.optim.lr, run.optim.warmup) == ("rsqrt", 2e-3, 500)
+    assert (run.train.epochs, run.train.steps, run.train.average_last, run.train.keep) == (100, None, 5, 5)
+    given = translate_task.resolve(model="transformer", data="pairs.tsv", batch_size=128, valid_fraction=0.2,
+                                   tokens="bpe", joint_vocab=False, steps=50, dropout=0.3)
+    assert given.data.batch_tokens is None and given.data.valid_max is None and given.data.test_max == 5000
+    assert not given.data.joint_vocab and given.model.tie_embeddings == "none"
+    assert (given.train.steps, given.train.epochs, given.model.dropout) == (50, None, 0.3)
+    words = translate_task.resolve(model="transformer", data="pairs.tsv")
+    assert words.model.tie_embeddings == "none" and not words.data.joint_vocab and words.train.epochs == 10
+    for run in (translate_task.resolve(model="transformer"), translate_task.resolve(model="bahdanau",
+                                                                                     data="pairs.tsv")):
+        assert run.data.batch_tokens is None and run.train.average_last == 0 and run.optim.schedule == "constant"
+
+
+def test_split_caps_keep_the_pairs_a_fraction_would_pick():
+    assert tr.split_sizes(162130, 0.1, 0.1, 1000, 5000) == (156130, 1000, 5000)
+    assert tr.split_sizes(300, 0.1, 0.1, 1000, 5000) == (240, 30, 30)         # a small file: the fractions
+    pairs = [tr.Pair([f"s{i}"], [f"t{i}"], i + 1) for i in range(200)]
+    capped = tr.split_pairs(pairs, valid_fraction=0.5, test_fraction=0.3, valid_max=10, test_max=20, seed=4)
+    counted = tr.split_pairs(pairs, valid_fraction=0.05, test_fraction=0.1, seed=4)
+    assert capped == counted and [len(part) for part in capped] == [170, 10, 20]
 
 
 @pytest.mark.parametrize("field, value, message", [

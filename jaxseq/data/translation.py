@@ -106,6 +106,10 @@ class TranslationDataConfig(Config):
                         "file order (train first, then valid, then test)", choices=SPLIT_CHOICES)
     valid_fraction: float = option(0.1, "fraction of the pairs held out for validation", minimum=0.0, below=1.0)
     test_fraction: float = option(0.1, "fraction of the pairs held out for testing", minimum=0.0, below=1.0)
+    valid_max: int | None = option(None, "hold out at most this many validation pairs (caps --valid-fraction's "
+                                   "share of a large file)", minimum=1)
+    test_max: int | None = option(None, "hold out at most this many test pairs (caps --test-fraction's share)",
+                                  minimum=1)
     batch_size: int = option(64, "pairs per batch (the global batch, over all devices and hosts); with "
                              "--batch-tokens only for validation and decoding", minimum=1)
     batch_tokens: int | None = option(None, "training batches of about this many tokens (source + target, "
@@ -136,21 +140,26 @@ class TranslationDataConfig(Config):
 
 # -- splits and vocabularies ----------------------------------------------------
 
-def split_sizes(n: int, valid_fraction: float, test_fraction: float) -> tuple[int, int, int]:
-    """``(train, valid, test)`` counts: validation and test are rounded, training takes the rest."""
+def split_sizes(n: int, valid_fraction: float, test_fraction: float, valid_max: int | None = None,
+                test_max: int | None = None) -> tuple[int, int, int]:
+    """``(train, valid, test)`` counts: validation and test are rounded (and capped at ``valid_max`` /
+    ``test_max``), training takes the rest."""
     n_valid, n_test = int(round(n * valid_fraction)), int(round(n * test_fraction))
+    n_valid, n_test = min(n_valid, valid_max or n_valid), min(n_test, test_max or n_test)
     return n - n_valid - n_test, n_valid, n_test
 
 
 def split_pairs(pairs: Sequence[Pair], *, split: str = "random", valid_fraction: float = 0.1,
-                test_fraction: float = 0.1, seed: int = 0) -> tuple[list[Pair], list[Pair], list[Pair]]:
+                test_fraction: float = 0.1, seed: int = 0, valid_max: int | None = None,
+                test_max: int | None = None) -> tuple[list[Pair], list[Pair], list[Pair]]:
     """Deal ``pairs`` into disjoint ``(train, valid, test)``; each keeps file order.
 
-    ``random``: a permutation seeded by ``seed`` picks validation, then test;
+    ``random``: a permutation seeded by ``seed`` picks validation, then test (so capping a split's count
+    with ``valid_max``/``test_max`` keeps the pairs a fraction giving the same count picks);
     ``head``: consecutive runs in file order (train, valid, test).
     """
     n = len(pairs)
-    n_train, n_valid, n_test = split_sizes(n, valid_fraction, test_fraction)
+    n_train, n_valid, n_test = split_sizes(n, valid_fraction, test_fraction, valid_max, test_max)
     if n_train < 1:
         raise DataError(f"only {n} pairs: none left for training after --valid-fraction {valid_fraction} "
                         f"and --test-fraction {test_fraction}; give more pairs")
@@ -308,7 +317,8 @@ def load_translation(config: TranslationDataConfig, *, seed: int = 0, options=No
         why += f" ({dropped} longer than --max-len {config.max_len} dropped)" if dropped else ""
         raise DataError(f"{source}: no usable sentence pairs{why}; check the file format (source<TAB>target)")
     train, valid, test = split_pairs(pairs, split=config.split, valid_fraction=config.valid_fraction,
-                                     test_fraction=config.test_fraction, seed=seed)
+                                     test_fraction=config.test_fraction, seed=seed,
+                                     valid_max=config.valid_max, test_max=config.test_max)
     if src_vocab is None:
         src_vocab, tgt_vocab = build_vocabs(train, config.min_freq, source=source, tokens=config.tokens,
                                             vocab_size=config.vocab_size, joint=config.joint_vocab)

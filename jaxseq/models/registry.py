@@ -43,7 +43,12 @@ class ModelSpec:
     ``defaults`` maps a config section to the field values this model
     trains well with (they replace the dataclass defaults; a flag the user
     gives always wins); ``steps`` is the run length when neither ``--steps``
-    nor ``--epochs`` is given. ``flops(run, vocab_sizes, shapes)`` is the
+    nor ``--epochs`` is given. ``data_defaults(given)`` returns more defaults
+    (section -> field -> value) for a run on the user's own data (a file, not
+    a built-in task), given the flags the user gave by field name: the
+    settings a real corpus needs (batch by tokens, hold out counts, train to
+    the time limit) that would be wrong for a built-in toy task. They sit
+    between ``defaults`` and the flags. ``flops(run, vocab_sizes, shapes)`` is the
     analytic FLOP count of one training step on a batch whose entries have
     ``shapes`` (a :class:`jaxseq.flops.StepFlops`; conventions in
     :mod:`jaxseq.flops`), None for a count-based model.
@@ -58,6 +63,7 @@ class ModelSpec:
     load: Callable[..., Any] | None = None
     defaults: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     steps: int | None = None
+    data_defaults: Callable[[Mapping[str, Any]], Mapping[str, Mapping[str, Any]]] | None = None
     flops: Callable[..., Any] | None = None
     neural: bool = True
     carries_state: bool = False

@@ -6,7 +6,8 @@ fingerprint, extra evaluation (BLEU) and its report. Everything else is
 written once, here:
 
 ``resolve``   flags -> a :class:`Run`: dataclass defaults, then the model's
-              registered defaults, then the flags the user gave
+              registered defaults (and, on the user's own data, its
+              ``data_defaults``), then the flags the user gave
 ``train``     plan the work directory, load and check the data (nothing is
               written before), save config and vocabularies, build the model
               from the registry, fit with checkpoints (restoring on resume),
@@ -110,6 +111,7 @@ class Task(abc.ABC):
     vocab_files: ClassVar[tuple[str, ...]]
     default_steps: ClassVar[int]
     builtin_data: ClassVar[tuple[str, ...]] = ()     # data names that are never files
+    scores_params: ClassVar[bool] = False             # report() scores the parameters it is given (--average-last)
 
     # -- configs --------------------------------------------------------------------------
     def resolve(self, given: Mapping[str, Any] | None = None, *, warn_unused: bool = True,
@@ -132,6 +134,7 @@ class Task(abc.ABC):
         model_cls = self.sections["model"]
         name = given.get("model", model_cls.model)
         spec = registry.get(self.name, name)
+        on_data = spec.data_defaults(given) if spec.data_defaults and self.user_data(given) else {}
         sections = {}
         for section, cls in self.sections.items():
             if section in self.families and section not in spec.sections:
@@ -139,7 +142,7 @@ class Task(abc.ABC):
             types = config_lib.field_types(cls)
             mine = {k: config_lib.plain(v, types[k]) for k, v in given.items() if k in types}
             governed = any(config_lib.field_metadata(cls, k).get("governs") for k in mine)
-            defaults = {} if governed else dict(spec.defaults.get(section, {}))
+            defaults = {} if governed else {**spec.defaults.get(section, {}), **on_data.get(section, {})}
             sections[section] = cls(**{**defaults, **mine})
         used = {f.name for c in sections.values() for f in dataclasses.fields(c)}
         unused = sorted(k for k in given if k not in used)
@@ -150,6 +153,10 @@ class Task(abc.ABC):
         if validate:
             run.validate()
         return run
+
+    def user_data(self, given: Mapping[str, Any]) -> bool:
+        """Whether flags ``given`` train on the user's own data (then the model's ``data_defaults`` apply)."""
+        return "data" in given and given["data"] not in self.builtin_data
 
     def run_from_dict(self, data: dict, where: str) -> Run:
         """The run a ``config.json`` describes (written by :meth:`Run.to_dict`)."""
@@ -296,6 +303,9 @@ def train(task: Task, run: Run, workdir: WorkdirLike, *, resume: bool = False, r
         run = task.run_from_dict(config, str(workdir.config_path))
         run.validate()
         check_tensor(run)
+        if run.train.average_last and not task.scores_params:
+            raise ConfigError(f"--average-last is for translation runs (their report scores the average); for a "
+                              f"{task.name} run use `jaxseq average --workdir W --last K`")
         vocabs = _saved_vocabs(task, workdir) if resume else None
         data = task.load_data(run, vocabs)            # refuses bad data before anything is written
         echo(f"data: {task.describe_data(data)}")
@@ -376,10 +386,29 @@ def _train_neural(task: Task, run: Run, data: Any, vocabs: dict[str, Vocab], wor
         echo(f"stopped by signal {result.interrupted} at step {step}; checkpoint saved; continue with --resume")
         return results
     task.report(run, data, model, result.state.params, results, mesh, options, echo)
+    if run.train.average_last > 1:
+        _report_average(task, run, data, vocabs, workdir, model, results, mesh, options, echo)
     echo(f"{spec.name}: at step {step} after {result.seconds:.1f}s of training in this run")
     write_results(workdir, results, f"{spec.name} {task.name}")
     echo(f"work directory: {workdir}")
     return results
+
+
+def _report_average(task: Task, run: Run, data: Any, vocabs: dict[str, Vocab], workdir: Workdir, model,
+                    results: dict, mesh, options: dict, echo: Echo) -> None:
+    """``--average-last K``: average the last K complete checkpoints (fewer if the run saved fewer; none
+    with one) into ``checkpoints/averaged`` and report its scores as ``results["averaged"]``."""
+    from jaxseq.averaging import write_average
+
+    available = checkpoint_steps(workdir.checkpoints, complete_only=True)
+    if len(available) < 2 or jax.process_count() > 1:
+        return
+    average = write_average(workdir, task, run, vocabs, last=min(run.train.average_last, len(available)))
+    echo(f"averaged the parameters of steps {', '.join(map(str, average['steps']))} (--average-last "
+         f"{run.train.average_last}) into {average['path']}")
+    scores: dict = {"steps": average["steps"], "valid": None}
+    task.report(run, data, model, average["params"], scores, mesh, options, lambda line: echo(f"averaged: {line}"))
+    results["averaged"] = {k: v for k, v in scores.items() if v is not None}
 
 
 def write_results(workdir: Workdir, results: dict, title: str) -> None:

@@ -160,6 +160,11 @@ class TranslateTask(runner.Task):
     vocab_files = (SRC, TGT)
     default_steps = 300
     builtin_data = ()
+    scores_params = True
+
+    def user_data(self, given: Mapping[str, Any]) -> bool:
+        """A data file or a registered dataset (fra-eng), not the generated dates task."""
+        return given.get("data", "dates") != "dates"
 
     def load_data(self, run: Run, vocabs: dict[str, Vocab] | None) -> tr.TranslationData:
         return _load_data(run, vocabs)
