@@ -141,7 +141,7 @@ def test_tied_embeddings_share_the_tables_and_the_output_projection(trained):
 
 # -- early stopping and the best checkpoint ------------------------------------------------
 
-def test_patience_stops_early_and_keeps_the_best_bleu_checkpoint(trained, capsys):
+def test_patience_stops_early_and_keeps_the_best_bleu_checkpoint(trained, tmp_path, capsys):
     results = json.loads((trained / "results.json").read_text())
     valid = [json.loads(line) for line in (trained / "metrics.jsonl").read_text().splitlines()]
     valid = [r for r in valid if r["split"] == "valid"]
@@ -156,7 +156,9 @@ def test_patience_stops_early_and_keeps_the_best_bleu_checkpoint(trained, capsys
     assert scores["data"].endswith("(validation split)") and scores["checkpoint"] == "best"
     code, _, err = run_cli(capsys, "evaluate", "--workdir", trained, "--split", "test")
     assert code == 1 and "the run has no test split (--test-fraction 0)" in err and err.count("\n") == 1
-    code, _, err = run_cli(capsys, "evaluate", "--workdir", trained, "--checkpoint", "averaged")
+    unaveraged = tmp_path / "unaveraged"                  # the fixture averaged at the end (--average-last)
+    shutil.copytree(trained, unaveraged, ignore=shutil.ignore_patterns("averaged"))
+    code, _, err = run_cli(capsys, "evaluate", "--workdir", unaveraged, "--checkpoint", "averaged")
     assert code == 1 and "no averaged checkpoint in this run; write one with `jaxseq average" in err
 
 
@@ -218,7 +220,7 @@ def test_transformer_defaults_scale_to_a_data_file():
     assert (run.data.valid_max, run.data.test_max, run.data.joint_vocab) == (1000, 5000, True)
     assert (run.model.tie_embeddings, run.model.dropout) == ("all", 0.1)
     assert (run.optim.schedule, run.optim.lr, run.optim.warmup) == ("rsqrt", 2e-3, 500)
-    assert (run.train.epochs, run.train.steps, run.train.average_last, run.train.keep) == (100, None, 5, 5)
+    assert (run.train.epochs, run.train.steps, run.train.average_last, run.train.keep) == (100, None, 3, 3)
     given = translate_task.resolve(model="transformer", data="pairs.tsv", batch_size=128, valid_fraction=0.2,
                                    tokens="bpe", joint_vocab=False, steps=50, dropout=0.3)
     assert given.data.batch_tokens is None and given.data.valid_max is None and given.data.test_max == 5000
@@ -246,7 +248,7 @@ def test_split_caps_keep_the_pairs_a_fraction_would_pick():
 ])
 def test_averaging_refuses_checkpoints_of_another_model(trained, tmp_path, capsys, field, value, message):
     workdir = tmp_path / "mixed"
-    shutil.copytree(trained, workdir)
+    shutil.copytree(trained, workdir, ignore=shutil.ignore_patterns("averaged"))     # none yet
     step = json.loads((trained / "results.json").read_text())["step"]
     _copy_step(workdir, step, 9999)
     path = workdir / "checkpoints" / "9999" / "manifest" / "metadata"
