@@ -15,7 +15,7 @@ from jaxseq.errors import ConfigError
 from jaxseq.tasks.lm import build_lm
 from jaxseq.models.transformer_lm import TransformerLM
 from jaxseq.optim import OptimConfig, make_optimizer
-from jaxseq.transformer import Embedder, Stack, layer_norm, sinusoidal_positions
+from jaxseq.transformer import Stack, layer_norm, sinusoidal_positions
 
 SMALL = dict(d_model=16, num_heads=2, num_layers=2, ffn=24)
 

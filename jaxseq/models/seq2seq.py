@@ -80,8 +80,8 @@ and the CLI need nothing more.
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import flax.linen as nn
@@ -561,6 +561,8 @@ register(ModelSpec(task="translate", name="seq2seq", description="GRU encoder-de
 register(ModelSpec(task="translate", name="bahdanau", description="GRU encoder-decoder with Bahdanau attention",
                    sections=("rnn",), build=functools.partial(_build_rnn, True), cross_attention=True,
                    flops=functools.partial(_rnn_flops, True)))
+
+
 def transformer_data_defaults(given: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
     """The translation Transformer's defaults on the user's own pairs (``given``: the flags given).
 
